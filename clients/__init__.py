@@ -1,0 +1,1 @@
+"""Flower ClientApp: hardware profile -> branch, local training with familial/ (federation issue)."""

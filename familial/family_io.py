@@ -1,0 +1,44 @@
+"""Saving and reading a family's exit parameters (adapters, Ruyi exit layers, exit heads)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from familial.errors import FamflowError
+from familial.model import FamilialLM
+
+ADAPTERS_FILE = "exit_adapters.safetensors"
+FAMILY_FILE = "family.json"
+
+
+def exit_parameters(model: FamilialLM) -> dict[str, torch.Tensor]:
+    return {
+        name: tensor.detach().contiguous().cpu()
+        for name, tensor in model.state_dict().items()
+        if name.startswith("exits.")
+    }
+
+
+def save_exit_adapters(model: FamilialLM, directory: Path) -> Path:
+    """Write ``exit_adapters.safetensors`` and ``family.json`` into ``directory``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file(exit_parameters(model), str(directory / ADAPTERS_FILE))
+    family = {"family": model.family.to_dict(), "held_exits": model.held_exits}
+    (directory / FAMILY_FILE).write_text(json.dumps(family, indent=2) + "\n")
+    return directory
+
+
+def read_exit_adapters(path: Path) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    file = path / ADAPTERS_FILE if path.is_dir() else path
+    if not file.is_file():
+        raise FamflowError(f"No exit adapters at {file}: pass a directory saved by famflow.")
+    try:
+        return load_file(str(file))
+    except Exception as error:  # safetensors raises several types for a corrupt file
+        raise FamflowError(f"{file} is not a readable safetensors file ({error}): re-save it.") from None

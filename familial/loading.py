@@ -1,0 +1,167 @@
+"""Build a branch of a family: on the meta device for sizing, from checkpoints for use.
+
+Branch-only loading: the branch is built on the meta device, then exactly the tensors it
+holds are read from the checkpoint (memory-mapped) and assigned; nothing else is allocated.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from familial.architectures import architecture_for
+from familial.checkpoint import SafetensorsCheckpoint
+from familial.errors import FamflowError
+from familial.exits import FullTranslator, LowRankTranslator
+from familial.family_io import read_exit_adapters
+from familial.model import FamilialLM
+from familial.presets import ModelSpec, resolve_model
+
+logger = logging.getLogger("famflow.familial")
+
+
+def _spec(model: ModelSpec | str | Path) -> ModelSpec:
+    return model if isinstance(model, ModelSpec) else resolve_model(model)
+
+
+def _check_exit(spec: ModelSpec, exit_depth: int | None) -> int:
+    config = spec.base_config()
+    if exit_depth is None:
+        return spec.family.exits[-1]
+    if exit_depth > config.num_hidden_layers or exit_depth < 1:
+        raise FamflowError(
+            f"Exit {exit_depth} is beyond {spec.name}'s {config.num_hidden_layers} layers: "
+            f"choose one of its exits {spec.family.exits}."
+        )
+    spec.family.check_exit(exit_depth)
+    return exit_depth
+
+
+def build_meta_branch(
+    model: ModelSpec | str | Path, exit_depth: int | None = None, exits: list[int] | None = None
+) -> FamilialLM:
+    """The branch's modules on the meta device: shapes and counts without any weights."""
+    spec = _spec(model)
+    exit_depth = _check_exit(spec, exit_depth)
+    with torch.device("meta"):
+        return FamilialLM(spec.base_config(), spec.family, branch=exit_depth, exits=exits)
+
+
+def checkpoint_dir(spec: ModelSpec) -> Path:
+    if spec.source == "gguf":
+        from familial.gguf_cache import ensure_gguf_cache
+
+        assert spec.path is not None
+        return ensure_gguf_cache(spec.path)
+    if spec.source == "local":
+        assert spec.path is not None
+        return spec.path
+    raise FamflowError(
+        f"Model {spec.name!r} is config-only: pass a local checkpoint directory to load weights."
+    )
+
+
+def _identity_init(model: FamilialLM) -> None:
+    """Materialise parameters that have no checkpoint source (translators) at identity."""
+    for module in model.modules():
+        if isinstance(module, FullTranslator | LowRankTranslator) and any(
+            p.is_meta for p in module.parameters()
+        ):
+            module.to_empty(device="cpu")
+            module.reset_identity()
+
+
+def load_branch(
+    model: ModelSpec | str | Path,
+    exit_depth: int | None = None,
+    *,
+    exits: list[int] | None = None,
+    adapters: Path | None = None,
+    dtype: torch.dtype | None = None,
+) -> FamilialLM:
+    """Load the branch ending at ``exit_depth`` (default: the deepest exit), reading only its tensors.
+
+    ``exits`` are the exits the branch holds (default: all up to ``exit_depth``).
+    ``adapters`` is a family directory or safetensors file saved by :func:`familial.family_io.save_exit_adapters`;
+    without it, exit adapters start from the trunk (final norm, layer ``depth``) and identity.
+    """
+    spec = _spec(model)
+    dtype = dtype or spec.torch_dtype
+    if spec.source == "random":
+        return random_branch(spec, exit_depth, exits).to(dtype)
+    branch = build_meta_branch(spec, exit_depth, exits)
+    saved = read_exit_adapters(adapters) if adapters is not None else {}
+    names = [
+        name
+        for name in branch.state_dict()
+        if not (name == "lm_head.weight" and branch.config.tie_word_embeddings)
+    ]
+    tensors: dict[str, torch.Tensor] = {}
+    directory = checkpoint_dir(spec)
+    with SafetensorsCheckpoint(directory) as checkpoint:
+        for name in names:
+            if name in saved:
+                tensors[name] = saved[name]
+                continue
+            sources = spec.layout.source_keys(name)
+            if not sources:
+                continue
+            present = [key for key in sources if key in checkpoint]
+            if not present:
+                raise FamflowError(
+                    f"{directory} has no tensor {sources[0]!r} that exit {branch.branch} needs: "
+                    f"it is incomplete or not a {spec.layout.name} checkpoint of {spec.name}."
+                )
+            tensors[name] = checkpoint.get(present[0]).to(dtype)
+    _assign(branch, tensors)
+    return branch
+
+
+def _assign(branch: FamilialLM, tensors: dict[str, torch.Tensor]) -> None:
+    result = branch.load_state_dict(tensors, strict=False, assign=True)
+    if result.unexpected_keys:
+        raise FamflowError(f"Unexpected tensors {result.unexpected_keys[:3]}: check the adapters file.")
+    _identity_init(branch)
+    arch = architecture_for(branch.config)
+    branch.model.rotary_emb = arch.rotary_embedding(config=branch.config)
+    branch.tie_weights()
+    still_meta = [name for name, p in branch.named_parameters() if p.is_meta]
+    if still_meta:
+        raise FamflowError(f"Parameters {still_meta[:3]} were not loaded: the checkpoint is incomplete.")
+
+
+def random_branch(
+    model: ModelSpec | str | Path, exit_depth: int | None = None, exits: list[int] | None = None
+) -> FamilialLM:
+    """A randomly initialised branch (seeded from the spec), for tests and the tiny preset."""
+    spec = _spec(model)
+    exit_depth = _check_exit(spec, exit_depth)
+    from transformers import AutoModelForCausalLM
+
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(spec.seed)
+    try:
+        reference = AutoModelForCausalLM.from_config(spec.base_config())
+    finally:
+        torch.random.set_rng_state(generator_state)
+    return from_dense_state_dict(spec, reference.state_dict(), exit_depth, exits)
+
+
+def from_dense_state_dict(
+    model: ModelSpec | str | Path,
+    state_dict: dict[str, torch.Tensor],
+    exit_depth: int | None = None,
+    exits: list[int] | None = None,
+) -> FamilialLM:
+    """A branch taken from an in-memory dense (HF-named) state dict."""
+    spec = _spec(model)
+    branch = build_meta_branch(spec, exit_depth, exits)
+    tensors = {}
+    for name in branch.state_dict():
+        present = [key for key in spec.layout.source_keys(name) if key in state_dict]
+        if present:
+            tensors[name] = state_dict[present[0]].detach().clone()
+    _assign(branch, tensors)
+    return branch

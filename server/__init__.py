@@ -1,0 +1,1 @@
+"""Flower ServerApp: round loop, checkpoints, TensorBoard, export (federation issue)."""

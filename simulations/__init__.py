@@ -1,0 +1,1 @@
+"""Scenario runners and reports: communication cost per round, benchmarks, plots."""

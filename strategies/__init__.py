@@ -1,0 +1,1 @@
+"""Aggregation of aligned low-rank updates across branch sizes, one rule per file."""

@@ -1,0 +1,82 @@
+"""Tiny models built from configs; nothing here touches the network."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    LlamaConfig,
+    PretrainedConfig,
+    PreTrainedModel,
+    Qwen2Config,
+    Qwen3Config,
+)
+
+from familial.config import ExitAdapterConfig, FamilyConfig
+from familial.presets import ModelSpec
+
+TINY_SHAPE = {
+    "vocab_size": 128,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 64,
+}
+CONFIG_CLASSES = {"llama": LlamaConfig, "qwen2": Qwen2Config, "qwen3": Qwen3Config}
+
+
+def tiny_config(model_type: str = "llama", **overrides: object) -> PretrainedConfig:
+    shape = {**TINY_SHAPE, **overrides}
+    if model_type == "qwen3":
+        shape.setdefault("head_dim", 8)
+    return CONFIG_CLASSES[model_type](**shape)
+
+
+def tiny_hf_model(config: PretrainedConfig, seed: int = 0) -> PreTrainedModel:
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    # Random non-trivial norms, so that a wrong norm in an exit shows in the logits.
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("norm.weight"):
+                param.uniform_(0.5, 1.5)
+    return model
+
+
+def truncated(model: PreTrainedModel, layers: int) -> PreTrainedModel:
+    """The HF model cut to its first ``layers`` decoder layers (final norm + head kept)."""
+    config = copy.deepcopy(model.config)
+    config.num_hidden_layers = layers
+    short = AutoModelForCausalLM.from_config(config).eval()
+    missing, _ = short.load_state_dict(model.state_dict(), strict=False)
+    assert not [k for k in missing if k != "lm_head.weight"], missing
+    return short
+
+
+def spec_for(
+    config: PretrainedConfig,
+    exits: list[int],
+    adapters: ExitAdapterConfig | None = None,
+    **family: object,
+) -> ModelSpec:
+    return ModelSpec(
+        name="test",
+        config_dict=config.to_dict(),
+        family=FamilyConfig(exits=exits, adapters=adapters, **family),
+        source="config",
+    )
+
+
+@pytest.fixture(params=sorted(CONFIG_CLASSES))
+def model_type(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def tokens() -> torch.Tensor:
+    return torch.randint(0, TINY_SHAPE["vocab_size"], (2, 9), generator=torch.Generator().manual_seed(1))
