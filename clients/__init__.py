@@ -1,1 +1,1 @@
-"""Flower ClientApp: hardware profile -> branch, local training with familial/ (federation issue)."""
+"""Flower ClientApp: hardware profile -> branch, local training (the federation issue)."""

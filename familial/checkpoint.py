@@ -17,7 +17,7 @@ SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 
 
-def _open(path: Path, stack: ExitStack) -> Any:  # noqa: ANN401 - safetensors' handle has no public type
+def _open(path: Path, stack: ExitStack) -> Any:
     try:
         return stack.enter_context(safe_open(str(path), framework="pt", device="cpu"))
     except (SafetensorError, OSError, ValueError) as error:
@@ -45,7 +45,9 @@ class SafetensorsCheckpoint:
             shards = {name: self.directory / name for name in set(weight_map.values())}
             for shard in shards.values():
                 if not shard.is_file():
-                    raise FamflowError(f"Shard {shard} listed in {index} is missing: re-download it.")
+                    raise FamflowError(
+                        f"Shard {shard} listed in {index} is missing: re-download it."
+                    )
         elif single.is_file():
             shards = {SINGLE_FILE: single}
             weight_map = {key: SINGLE_FILE for key in self._handle(single).keys()}  # noqa: SIM118
@@ -57,7 +59,7 @@ class SafetensorsCheckpoint:
         self._shards = shards
         self._weight_map = weight_map
 
-    def _handle(self, path: Path) -> Any:  # noqa: ANN401
+    def _handle(self, path: Path) -> Any:
         if path not in self._handles:
             self._handles[path] = _open(path, self._stack)
         return self._handles[path]

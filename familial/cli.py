@@ -13,7 +13,7 @@ from familial.errors import FamflowError
 logger = logging.getLogger("famflow")
 
 
-def _gib(n: int) -> str:
+def _size(n: int) -> str:
     for unit, size in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
         if n >= size:
             return f"{n / size:,.2f} {unit}"
@@ -32,12 +32,16 @@ def cmd_info(args: argparse.Namespace) -> None:
         f"exit style {info['exit_style']}, dtype {info['dtype']}, "
         f"family {info['family_parameters'] / 1e9:.3f}B parameters"
     )
-    header = f"{'exit':>20} {'layers':>6} {'params':>12} {'weights':>11} {'LoRA r=' + str(args.rank):>12} {'LoRA fp32':>11} {'full grad fp32':>15}"
-    print(header)
+    lora = f"LoRA r={args.rank}"
+    print(
+        f"{'exit':>20} {'layers':>6} {'params':>12} {'weights':>11} {lora:>12} "
+        f"{'LoRA fp32':>11} {'full grad fp32':>15}"
+    )
     for b in info["branches"]:
         print(
-            f"{b['label']:>20} {b['layers']:>6} {b['parameters'] / 1e9:>11.3f}B {_gib(b['weight_bytes']):>11} "
-            f"{b['lora_parameters']:>12,} {_gib(b['lora_bytes_fp32']):>11} {_gib(b['full_gradient_fp32_bytes']):>15}"
+            f"{b['label']:>20} {b['layers']:>6} {b['parameters'] / 1e9:>11.3f}B "
+            f"{_size(b['weight_bytes']):>11} {b['lora_parameters']:>12,} "
+            f"{_size(b['lora_bytes_fp32']):>11} {_size(b['full_gradient_fp32_bytes']):>15}"
         )
 
 
@@ -65,7 +69,9 @@ def cmd_generate(args: argparse.Namespace) -> None:
     tokenizer = AutoTokenizer.from_pretrained(str(checkpoint_dir(spec)))
     exits = args.exit or spec.family.exits
     messages = [{"role": "user", "content": args.prompt}]
-    prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")
+    prompt = tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, return_tensors="pt"
+    )
     input_ids = prompt if not hasattr(prompt, "input_ids") else prompt["input_ids"]
     for depth in exits:
         start = time.perf_counter()
@@ -103,9 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s"
+    )
     if getattr(args, "rank", 1) is not None and getattr(args, "rank", 1) < 1:
-        print("famflow: error: --rank must be at least 1: pass a positive LoRA rank.", file=sys.stderr)
+        print(
+            "famflow: error: --rank must be at least 1: pass a positive LoRA rank.", file=sys.stderr
+        )
         return 2
     try:
         args.run(args)

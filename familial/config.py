@@ -36,7 +36,8 @@ class ExitAdapterConfig:
             )
         if self.translator == "low-rank" and self.translator_rank < 1:
             raise FamflowError(
-                f"translator_rank must be at least 1, got {self.translator_rank}: set a positive rank."
+                f"translator_rank must be at least 1, got {self.translator_rank}: "
+                "set a positive rank."
             )
 
     @property
@@ -68,10 +69,13 @@ class FamilyConfig:
             raise FamflowError("A family needs at least one exit: list exit depths in `exits`.")
         if sorted(set(self.exits)) != list(self.exits):
             raise FamflowError(
-                f"Exits must be distinct and increasing, got {self.exits}: sort them and drop repeats."
+                f"Exits must be distinct and increasing, got {self.exits}: "
+                "sort them and drop repeats."
             )
         if self.exits[0] < 1:
-            raise FamflowError(f"Exit depths start at 1, got {self.exits[0]}: use a positive depth.")
+            raise FamflowError(
+                f"Exit depths start at 1, got {self.exits[0]}: use a positive depth."
+            )
         if self.adapters is not None and self.adapters.is_empty:
             self.adapters = None
 

@@ -41,4 +41,6 @@ def read_exit_adapters(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(file))
     except Exception as error:  # safetensors raises several types for a corrupt file
-        raise FamflowError(f"{file} is not a readable safetensors file ({error}): re-save it.") from None
+        raise FamflowError(
+            f"{file} is not a readable safetensors file ({error}): re-save it."
+        ) from None

