@@ -82,6 +82,13 @@ def cmd_generate(args: argparse.Namespace) -> None:
         print(f"[exit {spec.exit_label(depth)}, loaded in {loaded:.2f}s] {text.strip()}")
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="famflow", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
@@ -89,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = sub.add_parser("info", help="branch sizes, LoRA and gradient bytes of a model")
     info.add_argument("model", help="preset name (configs/models) or local checkpoint path")
-    info.add_argument("--rank", type=int, default=8, help="LoRA rank (default 8)")
+    info.add_argument("--rank", type=_positive_int, default=8, help="LoRA rank (default 8)")
     info.add_argument("--json", action="store_true", help="print JSON (fields: README)")
     info.set_defaults(run=cmd_info)
 
@@ -101,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("model")
     gen.add_argument("--prompt", default="What is the capital of France?")
     gen.add_argument("--exit", type=int, action="append", help="exit depth (repeatable)")
-    gen.add_argument("--max-new-tokens", type=int, default=24)
+    gen.add_argument("--max-new-tokens", type=_positive_int, default=24)
     gen.add_argument("--adapters", default=None, help="directory of saved exit adapters")
     gen.set_defaults(run=cmd_generate)
     return parser
@@ -112,11 +119,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s"
     )
-    if getattr(args, "rank", 1) is not None and getattr(args, "rank", 1) < 1:
-        print(
-            "famflow: error: --rank must be at least 1: pass a positive LoRA rank.", file=sys.stderr
-        )
-        return 2
     try:
         args.run(args)
     except FamflowError as error:

@@ -10,7 +10,7 @@ from transformers import PretrainedConfig
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
-from familial.architectures import architecture_for
+from familial.architectures import Architecture, architecture_for
 from familial.config import FamilyConfig
 from familial.errors import FamflowError
 from familial.exits import ExitHead, make_translator
@@ -108,7 +108,7 @@ class FamilialLM(nn.Module):
             return True
         return bool(self.family.adapters and self.family.adapters.extra_layer)
 
-    def _make_exit(self, arch, depth: int, shared_head: bool) -> ExitHead:  # noqa: ANN001
+    def _make_exit(self, arch: Architecture, depth: int, shared_head: bool) -> ExitHead:
         config = self.config
         adapters = self.family.adapters
         layer = None
@@ -143,7 +143,13 @@ class FamilialLM(nn.Module):
                 )
         return sorted(set(exits))
 
-    def _masks(self, embeds, attention_mask, cache, position_ids) -> dict[str, torch.Tensor | None]:  # noqa: ANN001
+    def _masks(
+        self,
+        embeds: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        cache: Cache | None,
+        position_ids: torch.Tensor,
+    ) -> dict[str, torch.Tensor | None]:
         kwargs = {
             "config": self.config,
             "inputs_embeds": embeds,
