@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from familial.config import FamilyConfig
 from familial.errors import FamflowError
 from familial.model import FamilialLM
 
@@ -33,9 +34,18 @@ def save_exit_adapters(model: FamilialLM, directory: Path) -> Path:
     return directory
 
 
-def read_exit_adapters(path: Path) -> dict[str, torch.Tensor]:
+def read_exit_adapters(path: Path, family: FamilyConfig) -> dict[str, torch.Tensor]:
+    """The saved exit parameters, refused when they were saved for a different family."""
     path = Path(path)
     file = path / ADAPTERS_FILE if path.is_dir() else path
+    saved_family = file.parent / FAMILY_FILE
+    if saved_family.is_file():
+        saved = json.loads(saved_family.read_text()).get("family")
+        if saved != family.to_dict():
+            raise FamflowError(
+                f"The exit adapters in {file.parent} were saved for family {saved}, not "
+                f"{family.to_dict()}: load them with the model settings they were trained with."
+            )
     if not file.is_file():
         raise FamflowError(f"No exit adapters at {file}: pass a directory saved by famflow.")
     try:

@@ -92,7 +92,7 @@ def load_branch(
     if spec.source == "random":
         return random_branch(spec, exit_depth, exits).to(dtype)
     branch = build_meta_branch(spec, exit_depth, exits)
-    saved = read_exit_adapters(adapters) if adapters is not None else {}
+    saved = read_exit_adapters(adapters, spec.family) if adapters is not None else {}
     names = [
         name
         for name in branch.state_dict()

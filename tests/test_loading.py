@@ -105,3 +105,12 @@ def test_tiny_preset_loads_random_weights_deterministically(tokens):
     first = load_branch("tiny").eval()
     second = load_branch("tiny", 2).eval()
     assert_close(first(tokens, exits=[2]).logits[2], second(tokens).logits[2])
+
+
+def test_adapters_of_another_family_are_refused_in_one_sentence(dense_dir, tmp_path):
+    directory, _ = dense_dir
+    trained = spec_from_path(directory, family={"exits": [2, 4], "adapters": ADAPTERS})
+    save_exit_adapters(load_branch(trained), tmp_path / "family")
+    other = spec_from_path(directory, family={"exits": [2, 4], "adapters": {"translator": "full"}})
+    with pytest.raises(FamflowError, match="load them with the model settings they were trained"):
+        load_branch(other, adapters=tmp_path / "family")
