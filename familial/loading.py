@@ -7,6 +7,7 @@ holds are read from the checkpoint (memory-mapped) and assigned; nothing else is
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -89,41 +90,73 @@ def load_branch(
     """
     spec = _spec(model)
     dtype = dtype or spec.torch_dtype
-    if spec.source == "random":
-        return random_branch(spec, exit_depth, exits).to(dtype)
     branch = build_meta_branch(spec, exit_depth, exits)
     saved = read_exit_adapters(adapters, spec.family) if adapters is not None else {}
-    names = [
-        name
-        for name in branch.state_dict()
-        if not (name == "lm_head.weight" and branch.config.tie_word_embeddings)
-    ]
-    tensors: dict[str, torch.Tensor] = {}
-    used: set[str] = set()
-    directory = checkpoint_dir(spec)
-    with SafetensorsCheckpoint(directory) as checkpoint:
-        for name in names:
-            if name in saved:
-                tensors[name] = saved[name]
-                continue
-            sources = spec.layout.source_keys(name)
-            if not sources:
-                continue
-            present = [key for key in sources if key in checkpoint]
-            if not present:
-                raise FamflowError(
-                    f"{directory} has no tensor {sources[0]!r} that exit {branch.branch} needs: "
-                    f"it is incomplete or not a {spec.layout.name} checkpoint of {spec.name}."
-                )
-            tensor = checkpoint.get(present[0]).to(dtype)
-            # safetensors hands out one tensor per key: parts initialised from the same source
-            # (every exit norm from the final norm) need storage of their own.
-            if present[0] in used:
-                tensor = tensor.clone()
-            used.add(present[0])
-            tensors[name] = tensor
+    if spec.source == "random":
+        where = f"the random weights of {spec.name}"
+        tensors = _gather(branch, spec, _random_state_dict(spec), where, saved, dtype, copy=False)
+    else:
+        directory = checkpoint_dir(spec)
+        with SafetensorsCheckpoint(directory) as checkpoint:
+            tensors = _gather(branch, spec, checkpoint, str(directory), saved, dtype, copy=False)
     _assign(branch, tensors)
     return branch
+
+
+def from_dense_state_dict(
+    model: ModelSpec | str | Path,
+    state_dict: dict[str, torch.Tensor],
+    exit_depth: int | None = None,
+    exits: list[int] | None = None,
+) -> FamilialLM:
+    """A branch taken from an in-memory dense (HF-named) state dict, which it does not share."""
+    spec = _spec(model)
+    branch = build_meta_branch(spec, exit_depth, exits)
+    where = "the given state dict"
+    _assign(branch, _gather(branch, spec, state_dict, where, {}, None, copy=True))
+    return branch
+
+
+def _gather(
+    branch: FamilialLM,
+    spec: ModelSpec,
+    source: SafetensorsCheckpoint | Mapping[str, torch.Tensor],
+    where: str,
+    saved: Mapping[str, torch.Tensor],
+    dtype: torch.dtype | None,
+    copy: bool,
+) -> dict[str, torch.Tensor]:
+    """The branch's tensors: saved exit parameters first, then the layout's source tensors.
+
+    Tensors without a source (translators) are left out and start at identity in ``_assign``;
+    ``dtype`` None keeps the source's dtype.
+    """
+    tensors: dict[str, torch.Tensor] = {}
+    used: set[str] = set()
+    for name in branch.state_dict():
+        if name == "lm_head.weight" and branch.config.tie_word_embeddings:
+            continue
+        if name in saved:
+            tensors[name] = saved[name]
+            continue
+        sources = spec.layout.source_keys(name)
+        if not sources:
+            continue
+        present = [key for key in sources if key in source]
+        if not present:
+            raise FamflowError(
+                f"{where} has no tensor {sources[0]!r} that exit {branch.branch} needs: "
+                f"it is incomplete or not a {spec.layout.name} checkpoint of {spec.name}."
+            )
+        tensor = source.get(present[0]).detach()
+        tensor = tensor if dtype is None else tensor.to(dtype)
+        # safetensors hands out one tensor per key: parts initialised from the same source
+        # (every exit norm from the final norm) need storage of their own.
+        if copy or present[0] in used:
+            tensor = tensor.clone()
+        used.add(present[0])
+        tensors[name] = tensor
+    return tensors
 
 
 def _assign(branch: FamilialLM, tensors: dict[str, torch.Tensor]) -> None:
@@ -143,36 +176,13 @@ def _assign(branch: FamilialLM, tensors: dict[str, torch.Tensor]) -> None:
         )
 
 
-def random_branch(
-    model: ModelSpec | str | Path, exit_depth: int | None = None, exits: list[int] | None = None
-) -> FamilialLM:
-    """A randomly initialised branch (seeded from the spec), for tests and the tiny preset."""
-    spec = _spec(model)
-    exit_depth = _check_exit(spec, exit_depth)
+def _random_state_dict(spec: ModelSpec) -> dict[str, torch.Tensor]:
+    """Dense weights initialised by transformers from the spec's seed (the tiny preset)."""
     from transformers import AutoModelForCausalLM
 
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(spec.seed)
     try:
-        reference = AutoModelForCausalLM.from_config(spec.base_config())
+        return AutoModelForCausalLM.from_config(spec.base_config()).state_dict()
     finally:
         torch.random.set_rng_state(generator_state)
-    return from_dense_state_dict(spec, reference.state_dict(), exit_depth, exits)
-
-
-def from_dense_state_dict(
-    model: ModelSpec | str | Path,
-    state_dict: dict[str, torch.Tensor],
-    exit_depth: int | None = None,
-    exits: list[int] | None = None,
-) -> FamilialLM:
-    """A branch taken from an in-memory dense (HF-named) state dict."""
-    spec = _spec(model)
-    branch = build_meta_branch(spec, exit_depth, exits)
-    tensors = {}
-    for name in branch.state_dict():
-        present = [key for key in spec.layout.source_keys(name) if key in state_dict]
-        if present:
-            tensors[name] = state_dict[present[0]].detach().clone()
-    _assign(branch, tensors)
-    return branch

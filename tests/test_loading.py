@@ -1,13 +1,15 @@
+from dataclasses import replace
+
 import pytest
 import torch
 from torch.testing import assert_close
 
-from familial import FamflowError
+from familial import ExitAdapterConfig, FamflowError
 from familial.cli import main
 from familial.family_io import save_exit_adapters
 from familial.loading import load_branch
 from familial.presets import resolve_model, spec_from_path
-from tests.conftest import tiny_config, tiny_hf_model, truncated
+from tests.conftest import spec_for, tiny_config, tiny_hf_model, truncated
 
 ADAPTERS = {"norm": True, "translator": "low-rank", "translator_rank": 4}
 
@@ -114,3 +116,17 @@ def test_adapters_of_another_family_are_refused_in_one_sentence(dense_dir, tmp_p
     other = spec_from_path(directory, family={"exits": [2, 4], "adapters": {"translator": "full"}})
     with pytest.raises(FamflowError, match="load them with the model settings they were trained"):
         load_branch(other, adapters=tmp_path / "family")
+
+
+def test_random_weights_take_saved_exit_adapters(tmp_path, tokens):
+    spec = replace(spec_for(tiny_config(), [2, 4], ExitAdapterConfig(**ADAPTERS)), source="random")
+    family = load_branch(spec)
+    with torch.no_grad():
+        family.exit_head(2).norm.weight.mul_(1.5)
+    save_exit_adapters(family, tmp_path / "family")
+    reloaded = load_branch(spec, 2, adapters=tmp_path / "family").eval()
+    family.eval()
+    assert_close(reloaded(tokens).logits[2], family(tokens, exits=[2]).logits[2])
+    assert not torch.allclose(
+        load_branch(spec, 2).eval()(tokens).logits[2], reloaded(tokens).logits[2]
+    )
