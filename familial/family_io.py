@@ -17,10 +17,11 @@ FAMILY_FILE = "family.json"
 
 
 def exit_parameters(model: FamilialLM) -> dict[str, torch.Tensor]:
+    """The exits' own tensors under the plain model's names (LoRA factors left out)."""
     return {
-        name: tensor.detach().contiguous().cpu()
+        name.replace(".base_layer.", "."): tensor.detach().contiguous().cpu()
         for name, tensor in model.state_dict().items()
-        if name.startswith("exits.")
+        if name.startswith("exits.") and ".lora_" not in name
     }
 
 

@@ -82,3 +82,18 @@ def tokens() -> torch.Tensor:
     return torch.randint(
         0, TINY_SHAPE["vocab_size"], (2, 9), generator=torch.Generator().manual_seed(1)
     )
+
+
+def random_spec(
+    exits: list[int],
+    adapters: ExitAdapterConfig | None = None,
+    model_type: str = "llama",
+    **overrides: object,
+) -> ModelSpec:
+    """A tiny family whose weights transformers initialises from a seed (source ``random``)."""
+    return ModelSpec(
+        name=f"tiny-{model_type}",
+        config_dict=tiny_config(model_type, **overrides).to_dict(),
+        family=FamilyConfig(exits=exits, adapters=adapters),
+        source="random",
+    )

@@ -1,0 +1,55 @@
+"""Per-exit evaluation on held-out blocks: loss, perplexity and next-token accuracy."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+
+from familial.errors import FamflowError
+from familial.model import FamilialLM
+
+
+@dataclass
+class ExitMetrics:
+    exit: int
+    loss: float
+    perplexity: float
+    accuracy: float
+    tokens: int
+
+
+@torch.no_grad()
+def evaluate(
+    model: FamilialLM, blocks: torch.Tensor, exits: list[int] | None = None, batch_size: int = 8
+) -> dict[int, ExitMetrics]:
+    """Token-weighted metrics of every exit (default: all the branch holds), one trunk pass each."""
+    if blocks.ndim != 2 or len(blocks) == 0:
+        raise FamflowError(
+            "No validation blocks: the partition is too small; use fewer partitions, a larger "
+            "validation fraction or a shorter sequence length."
+        )
+    exits = exits or model.held_exits
+    was_training = model.training
+    model.eval()
+    loss_sums = dict.fromkeys(exits, 0.0)
+    correct = dict.fromkeys(exits, 0)
+    tokens = 0
+    for start in range(0, len(blocks), batch_size):
+        input_ids = blocks[start : start + batch_size]
+        targets = input_ids[:, 1:].reshape(-1)
+        logits = model(input_ids, exits=exits).logits
+        for depth in exits:
+            flat = logits[depth][:, :-1].reshape(-1, logits[depth].shape[-1])
+            loss_sums[depth] += float(F.cross_entropy(flat, targets, reduction="sum"))
+            correct[depth] += int((flat.argmax(dim=-1) == targets).sum())
+        tokens += targets.numel()
+    model.train(was_training)
+    metrics = {}
+    for depth in exits:
+        loss = loss_sums[depth] / tokens
+        perplexity = math.exp(loss) if loss < 700 else math.inf
+        metrics[depth] = ExitMetrics(depth, loss, perplexity, correct[depth] / tokens, tokens)
+    return metrics

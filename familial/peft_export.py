@@ -1,0 +1,70 @@
+"""A branch's LoRA in PEFT's own format (``adapter_config.json`` + ``adapter_model.safetensors``).
+
+Trunk modules keep transformers' names (``model.layers.N...``), so the adapter of a
+shared-head branch loads with ``PeftModel.from_pretrained`` onto the Hugging Face model
+truncated to the branch's depth.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from peft import LoraConfig, get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors.torch import load_file, save_file
+
+from familial.errors import FamflowError
+from familial.lora import ADAPTER_NAME, LoraSettings, lora_modules
+from familial.model import FamilialLM
+
+PEFT_CONFIG_FILE = "adapter_config.json"
+PEFT_WEIGHTS_FILE = "adapter_model.safetensors"
+PEFT_PREFIX = "base_model.model."
+
+
+def _settings(model: FamilialLM) -> LoraSettings:
+    settings = getattr(model, "lora_settings", None)
+    if settings is None or not lora_modules(model):
+        raise FamflowError("This branch has no LoRA adapters: call attach_lora first.")
+    return settings
+
+
+def save_peft_adapter(model: FamilialLM, directory: Path, base_model: str | None = None) -> Path:
+    """Write the branch's LoRA as a PEFT adapter for ``base_model`` (a path or name)."""
+    settings = _settings(model)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config: LoraConfig = settings.peft_config(model.family.exit_style == "ruyi")
+    config.task_type = "CAUSAL_LM"
+    config.base_model_name_or_path = base_model
+    config.save_pretrained(str(directory))
+    state = get_peft_model_state_dict(model, adapter_name=ADAPTER_NAME)
+    tensors = {PEFT_PREFIX + k: v.detach().contiguous().cpu() for k, v in state.items()}
+    save_file(tensors, str(directory / PEFT_WEIGHTS_FILE), metadata={"format": "pt"})
+    return directory
+
+
+def load_peft_adapter(model: FamilialLM, directory: Path) -> None:
+    """Load a PEFT adapter saved by ``save_peft_adapter`` into a branch with LoRA attached."""
+    settings = _settings(model)
+    file = Path(directory) / PEFT_WEIGHTS_FILE
+    if not file.is_file():
+        raise FamflowError(f"No PEFT adapter at {file}: pass a directory written by train-local.")
+    saved = LoraConfig.from_pretrained(str(directory))
+    if saved.r != settings.rank:
+        raise FamflowError(
+            f"The adapter in {directory} has rank {saved.r}, this branch rank {settings.rank}: "
+            f"attach LoRA with rank {saved.r}."
+        )
+    try:
+        tensors = load_file(str(file))
+    except Exception as error:  # safetensors raises several types for a corrupt file
+        raise FamflowError(f"{file} is not a readable safetensors file ({error}).") from None
+    state = {k.removeprefix(PEFT_PREFIX): v for k, v in tensors.items()}
+    result = set_peft_model_state_dict(model, state, adapter_name=ADAPTER_NAME)
+    missing = [k for k in result.missing_keys if ".lora_" in k]
+    if missing or result.unexpected_keys:
+        raise FamflowError(
+            f"The adapter in {directory} does not fit this branch (missing {missing[:3]}, "
+            f"unexpected {result.unexpected_keys[:3]}): load it onto the branch it was "
+            "trained for."
+        )
