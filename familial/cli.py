@@ -8,7 +8,9 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from familial.argtypes import positive_int
 from familial.errors import FamflowError
+from familial.train_cli import add_train_parsers
 
 logger = logging.getLogger("famflow")
 
@@ -82,13 +84,6 @@ def cmd_generate(args: argparse.Namespace) -> None:
         print(f"[exit {spec.exit_label(depth)}, loaded in {loaded:.2f}s] {text.strip()}")
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="famflow", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
@@ -96,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = sub.add_parser("info", help="branch sizes, LoRA and gradient bytes of a model")
     info.add_argument("model", help="preset name (configs/models) or local checkpoint path")
-    info.add_argument("--rank", type=_positive_int, default=8, help="LoRA rank (default 8)")
+    info.add_argument("--rank", type=positive_int, default=8, help="LoRA rank (default 8)")
     info.add_argument("--json", action="store_true", help="print JSON (fields: README)")
     info.set_defaults(run=cmd_info)
 
@@ -108,9 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("model")
     gen.add_argument("--prompt", default="What is the capital of France?")
     gen.add_argument("--exit", type=int, action="append", help="exit depth (repeatable)")
-    gen.add_argument("--max-new-tokens", type=_positive_int, default=24)
+    gen.add_argument("--max-new-tokens", type=positive_int, default=24)
     gen.add_argument("--adapters", default=None, help="directory of saved exit adapters")
     gen.set_defaults(run=cmd_generate)
+
+    add_train_parsers(sub)
     return parser
 
 

@@ -138,24 +138,25 @@ def cosine_schedule(config: TrainConfig) -> Callable[[int], float]:
 
 
 def batches(blocks: torch.Tensor, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
-    """Endless shuffled batches of blocks, a new permutation every epoch."""
+    """Endless shuffled batches of blocks, a new permutation every epoch (last part dropped)."""
     if blocks.ndim != 2 or len(blocks) == 0:
         raise FamflowError(
             "No training blocks: the partition has fewer tokens than one sequence; "
             "use fewer partitions or a shorter sequence length."
         )
     generator = torch.Generator().manual_seed(seed)
+    batch_size = min(batch_size, len(blocks))
     while True:
         order = torch.randperm(len(blocks), generator=generator)
-        for start in range(0, len(order), batch_size):
+        for start in range(0, len(order) - batch_size + 1, batch_size):
             yield blocks[order[start : start + batch_size]]
 
 
 def train(model: FamilialLM, blocks: torch.Tensor, config: TrainConfig) -> TrainResult:
     """Train the branch's chosen parts on ``blocks`` ([n, seq_len] token ids)."""
     weights = {d: w for d, w in config.weights_for(model).items() if w > 0}
-    teacher = {model.branch} if config.distill_weight > 0 else set()
-    exits = sorted(set(weights) | teacher)
+    # Distillation teaches every held exit from the deepest, weighted or not.
+    exits = model.held_exits if config.distill_weight > 0 else sorted(weights)
     set_trainable(model, lora=config.train_lora, exit_adapters=config.train_exit_adapters)
     parameters = [p for p in model.parameters() if p.requires_grad]
     if not parameters:

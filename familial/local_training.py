@@ -1,0 +1,80 @@
+"""Centralized fine-tuning of one branch: evaluate, train, evaluate, save (train-local)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from familial.evaluation import ExitMetrics, evaluate
+from familial.family_io import save_exit_adapters
+from familial.loading import load_branch
+from familial.lora import LoraSettings, attach_lora
+from familial.peft_export import save_peft_adapter
+from familial.presets import ModelSpec
+from familial.training import TrainConfig, train
+
+logger = logging.getLogger("famflow.familial")
+METRICS_FILE = "metrics.json"
+
+
+def _table(metrics: dict[int, ExitMetrics]) -> dict[str, dict[str, Any]]:
+    return {str(depth): asdict(m) for depth, m in metrics.items()}
+
+
+def train_branch(
+    spec: ModelSpec,
+    exit_depth: int,
+    train_blocks: torch.Tensor,
+    validation_blocks: torch.Tensor,
+    config: TrainConfig,
+    lora: LoraSettings | None,
+    out_dir: Path,
+    adapters: Path | None = None,
+) -> dict[str, Any]:
+    """Train branch ``exit_depth`` and write its adapters and ``metrics.json`` into ``out_dir``.
+
+    ``lora`` None trains exit adapters only, with the trunk frozen (``famflow familialize``).
+    """
+    branch = load_branch(spec, exit_depth, adapters=adapters)
+    if lora is not None:
+        attach_lora(branch, lora)
+    before = evaluate(branch, validation_blocks)
+    logger.info("branch %s before: %s", exit_depth, _summary(before))
+    result = train(branch, train_blocks, config)
+    after = evaluate(branch, validation_blocks)
+    logger.info("branch %s after: %s", exit_depth, _summary(after))
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if lora is not None and config.train_lora:
+        save_peft_adapter(branch, out_dir, base_model=str(spec.path or spec.name))
+    if branch.family.adapters is not None and config.train_exit_adapters:
+        save_exit_adapters(branch, out_dir)
+    metrics = {
+        "model": spec.name,
+        "branch": exit_depth,
+        "exits": branch.held_exits,
+        "lora": asdict(lora) if lora is not None else None,
+        "train_config": asdict(config),
+        "train": {
+            "steps": result.steps,
+            "tokens": result.tokens,
+            "seconds": result.seconds,
+            "tokens_per_second": result.tokens_per_second,
+            "first_loss": result.losses[0],
+            "last_loss": result.losses[-1],
+        },
+        "before": _table(before),
+        "after": _table(after),
+    }
+    (out_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def _summary(metrics: dict[int, ExitMetrics]) -> str:
+    return ", ".join(f"exit {d} ppl {m.perplexity:.4g}" for d, m in metrics.items())
