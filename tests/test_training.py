@@ -131,7 +131,7 @@ def test_cosine_schedule_warms_up_and_decays_to_the_floor():
 def test_evaluation_is_the_token_weighted_next_token_loss(blocks):
     model = family()
     metrics = evaluate(model, blocks[:6], batch_size=4)
-    logits = model(blocks[:6], exits=[2]).logits[2]
+    logits = model(blocks[:6], exits=[2]).logits[2].detach()
     assert metrics[2].loss == pytest.approx(float(next_token_loss(logits, blocks[:6])), rel=1e-5)
     assert metrics[2].perplexity == pytest.approx(math.exp(metrics[2].loss))
     assert metrics[2].tokens == 6 * 31
