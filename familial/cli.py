@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from familial.argtypes import positive_int
+from familial.data.cli import add_data_parser
 from familial.errors import FamflowError
 from familial.train_cli import add_train_parsers
 
@@ -107,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--adapters", default=None, help="directory of saved exit adapters")
     gen.set_defaults(run=cmd_generate)
 
+    add_data_parser(sub)
     add_train_parsers(sub)
     return parser
 
