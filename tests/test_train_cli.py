@@ -1,0 +1,98 @@
+import json
+
+import pytest
+from safetensors.torch import load_file
+
+from familial.cli import main
+from familial.loading import load_branch
+from familial.presets import load_preset
+
+TEXT = "Now is the winter of our discontent made glorious summer by this sun of York.\n" * 40
+TINY_WITH_ADAPTERS = """
+name = "tiny-adapters"
+seed = 0
+[source]
+kind = "random"
+[family]
+exits = [2, 4]
+[family.adapters]
+norm = true
+translator = "low-rank"
+translator_rank = 4
+[config]
+model_type = "llama"
+vocab_size = 256
+hidden_size = 32
+intermediate_size = 64
+num_hidden_layers = 4
+num_attention_heads = 4
+num_key_value_heads = 2
+max_position_embeddings = 128
+tie_word_embeddings = true
+"""
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    path = tmp_path / "richard.txt"
+    path.write_text(TEXT)
+    return path
+
+
+def test_train_local_writes_peft_adapters_and_metrics_per_branch(corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train-local", "tiny", "--data", str(corpus), "--seq-len", "16", "--steps", "3"]
+    assert main([*args, "--lr", "1e-2", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "branch 2: 3 steps" in printed and "exit    4: perplexity" in printed
+    for depth in (2, 4):
+        branch_dir = out / f"branch-{depth}"
+        config = json.loads((branch_dir / "adapter_config.json").read_text())
+        assert config["r"] == 8 and config["task_type"] == "CAUSAL_LM"
+        weights = load_file(branch_dir / "adapter_model.safetensors")
+        layers = {int(k.split(".")[4]) for k in weights}
+        assert layers == set(range(depth))
+        metrics = json.loads((branch_dir / "metrics.json").read_text())
+        assert sorted(metrics["after"]) == [str(e) for e in (2, 4) if e <= depth]
+        assert metrics["train"]["tokens"] == 3 * 4 * 16
+    summary = json.loads((out / "metrics.json").read_text())
+    assert sorted(summary) == ["2", "4"]
+
+
+def test_familialize_trains_only_exit_adapters(corpus, tmp_path, monkeypatch):
+    presets = tmp_path / "presets"
+    presets.mkdir()
+    (presets / "tiny-adapters.toml").write_text(TINY_WITH_ADAPTERS)
+    monkeypatch.setenv("FAMFLOW_PRESETS", str(presets))
+    out = tmp_path / "family"
+    args = ["familialize", "tiny-adapters", "--data", str(corpus), "--seq-len", "16"]
+    assert main([*args, "--steps", "4", "--lr", "5e-2", "--out", str(out)]) == 0
+    assert not (out / "adapter_model.safetensors").exists()
+    saved = load_file(out / "exit_adapters.safetensors")
+    assert {k.split(".")[1] for k in saved} == {"2", "4"}
+    spec = load_preset("tiny-adapters")
+    fresh = load_branch(spec)
+    trained = load_branch(spec, adapters=out)
+    assert not fresh.exit_head(2).norm.weight.equal(trained.exit_head(2).norm.weight)
+    for name, param in fresh.named_parameters():
+        if not name.startswith("exits."):
+            assert param.equal(dict(trained.named_parameters())[name]), name
+
+
+def test_train_local_errors_are_one_sentence(corpus, tmp_path, capsys):
+    def error(*args: str) -> str:
+        assert main(["train-local", "tiny", "--steps", "1", "--out", str(tmp_path), *args]) == 1
+        return capsys.readouterr().err
+
+    assert "No dataset file at" in error("--data", str(tmp_path / "missing.jsonl"))
+    assert "Sequence length 512 is beyond the model's 256 positions: use --seq-len <= 256." in (
+        error("--data", str(corpus), "--seq-len", "512")
+    )
+    short = tmp_path / "short.txt"
+    short.write_text("Exit, pursued by a bear.\n")
+    assert "fewer than one block of 64" in error("--data", str(short))
+    assert "is not one of this family's exits [2, 4]" in error(
+        "--data", str(corpus), "--branch", "3"
+    )
+    assert main(["familialize", "tiny", "--data", str(corpus)]) == 1
+    assert "no exit adapters to train" in capsys.readouterr().err
