@@ -62,14 +62,14 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 def cmd_generate(args: argparse.Namespace) -> None:
     import time
 
-    from transformers import AutoTokenizer
-
     from familial.inference import generate
-    from familial.loading import checkpoint_dir, load_branch
+    from familial.loading import load_branch
+    from familial.local_training import load_trained_branch
     from familial.presets import resolve_model
+    from familial.tokenizer import load_tokenizer
 
     spec = resolve_model(args.model)
-    tokenizer = AutoTokenizer.from_pretrained(str(checkpoint_dir(spec)))
+    tokenizer = load_tokenizer(spec)
     exits = args.exit or spec.family.exits
     messages = [{"role": "user", "content": args.prompt}]
     prompt = tokenizer.apply_chat_template(
@@ -78,7 +78,10 @@ def cmd_generate(args: argparse.Namespace) -> None:
     input_ids = prompt if not hasattr(prompt, "input_ids") else prompt["input_ids"]
     for depth in exits:
         start = time.perf_counter()
-        branch = load_branch(spec, depth, exits=[depth], adapters=args.adapters).eval()
+        if args.adapters is None:
+            branch = load_branch(spec, depth, exits=[depth]).eval()
+        else:
+            branch = load_trained_branch(spec, depth, args.adapters, exits=[depth])
         loaded = time.perf_counter() - start
         tokens = generate(branch, input_ids, depth, args.max_new_tokens, tokenizer.eos_token_id)
         text = tokenizer.decode(tokens[0, input_ids.shape[1] :], skip_special_tokens=True)
@@ -105,7 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--prompt", default="What is the capital of France?")
     gen.add_argument("--exit", type=int, action="append", help="exit depth (repeatable)")
     gen.add_argument("--max-new-tokens", type=positive_int, default=24)
-    gen.add_argument("--adapters", default=None, help="directory of saved exit adapters")
+    gen.add_argument(
+        "--adapters", default=None, help="output of train-local/familialize (exit adapters, LoRA)"
+    )
     gen.set_defaults(run=cmd_generate)
 
     add_data_parser(sub)

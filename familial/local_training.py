@@ -10,11 +10,18 @@ from typing import Any
 
 import torch
 
+from familial.errors import FamflowError
 from familial.evaluation import ExitMetrics, evaluate
-from familial.family_io import save_exit_adapters
+from familial.family_io import ADAPTERS_FILE, save_exit_adapters
 from familial.loading import load_branch
 from familial.lora import LoraSettings, attach_lora
-from familial.peft_export import save_peft_adapter
+from familial.model import FamilialLM
+from familial.peft_export import (
+    PEFT_WEIGHTS_FILE,
+    load_peft_adapter,
+    read_lora_settings,
+    save_peft_adapter,
+)
 from familial.presets import ModelSpec
 from familial.training import TrainConfig, train
 
@@ -74,6 +81,31 @@ def train_branch(
     }
     (out_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
+
+
+def load_trained_branch(
+    spec: ModelSpec, exit_depth: int, directory: Path, exits: list[int] | None = None
+) -> FamilialLM:
+    """A branch with what ``train_branch`` wrote into ``directory``: exit adapters and LoRA."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FamflowError(
+            f"No directory at {directory}: pass the --out directory of train-local or familialize."
+        )
+    has_exit_adapters = (directory / ADAPTERS_FILE).is_file()
+    has_lora = (directory / PEFT_WEIGHTS_FILE).is_file()
+    if not (has_exit_adapters or has_lora):
+        raise FamflowError(
+            f"{directory} holds neither {ADAPTERS_FILE} nor {PEFT_WEIGHTS_FILE}: pass a "
+            "directory written by famflow train-local or familialize."
+        )
+    branch = load_branch(
+        spec, exit_depth, exits=exits, adapters=directory if has_exit_adapters else None
+    )
+    if has_lora:
+        attach_lora(branch, read_lora_settings(directory))
+        load_peft_adapter(branch, directory)
+    return branch.eval()
 
 
 def _summary(metrics: dict[int, ExitMetrics]) -> str:

@@ -7,6 +7,7 @@ truncated to the branch's depth.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from peft import LoraConfig, get_peft_model_state_dict, set_peft_model_state_dict
@@ -41,6 +42,26 @@ def save_peft_adapter(model: FamilialLM, directory: Path, base_model: str | None
     tensors = {PEFT_PREFIX + k: v.detach().contiguous().cpu() for k, v in state.items()}
     save_file(tensors, str(directory / PEFT_WEIGHTS_FILE), metadata={"format": "pt"})
     return directory
+
+
+def read_lora_settings(directory: Path) -> LoraSettings:
+    """The LoRA settings of an adapter written by ``save_peft_adapter``."""
+    config_file = Path(directory) / PEFT_CONFIG_FILE
+    if not config_file.is_file():
+        raise FamflowError(f"No {PEFT_CONFIG_FILE} in {directory}: pass a train-local output.")
+    saved = LoraConfig.from_pretrained(str(directory))
+    targets = re.search(r"\(\?:([\w|]+)\)$", str(saved.target_modules))
+    if targets is None:
+        raise FamflowError(
+            f"{config_file} was not written by famflow (target_modules "
+            f"{saved.target_modules!r}): load it with PEFT directly."
+        )
+    return LoraSettings(
+        rank=saved.r,
+        alpha=saved.lora_alpha,
+        dropout=saved.lora_dropout,
+        targets=tuple(targets[1].split("|")),
+    )
 
 
 def load_peft_adapter(model: FamilialLM, directory: Path) -> None:

@@ -7,3 +7,9 @@ FAMFLOW="${FAMFLOW_VENV:-$FAMFLOW_ROOT/.venv}/bin/famflow"
 "$FAMFLOW" prepare smollm2-135m
 "$FAMFLOW" info smollm2-135m --rank 8
 "$FAMFLOW" generate smollm2-135m --prompt "What is the capital of France?" --max-new-tokens 16
+"$FAMFLOW" data prepare shakespeare --quiet
+# Exit adapters + LoRA make the device branch's exit decodable: watch its perplexity fall.
+"$FAMFLOW" train-local smollm2-135m --branch 10 --steps 30 --max-examples 3000 --eval-blocks 32 \
+  --out "$FAMFLOW_ROOT/runs/demo-train-local"
+"$FAMFLOW" generate smollm2-135m --exit 10 --adapters "$FAMFLOW_ROOT/runs/demo-train-local" \
+  --prompt "What is the capital of France?" --max-new-tokens 16

@@ -96,3 +96,18 @@ def test_train_local_errors_are_one_sentence(corpus, tmp_path, capsys):
     )
     assert main(["familialize", "tiny", "--data", str(corpus)]) == 1
     assert "no exit adapters to train" in capsys.readouterr().err
+
+
+def test_generate_serves_the_trained_branch_with_its_lora(corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train-local", "tiny", "--data", str(corpus), "--seq-len", "16", "--steps", "30"]
+    assert main([*args, "--lr", "2e-2", "--branch", "2", "--out", str(out)]) == 0
+    capsys.readouterr()
+    generate = ["generate", "tiny", "--exit", "2", "--prompt", "Now is", "--max-new-tokens", "8"]
+    assert main(generate) == 0
+    untrained = capsys.readouterr().out
+    assert main([*generate, "--adapters", str(out)]) == 0
+    trained = capsys.readouterr().out
+    assert trained != untrained
+    assert main([*generate, "--adapters", str(tmp_path / "nowhere")]) == 1
+    assert "No directory at" in capsys.readouterr().err
