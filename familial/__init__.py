@@ -1,7 +1,25 @@
-"""The familial model: one trunk, several early exits, branch-only loading. No Flower here."""
+"""The familial model: one trunk, several early exits, branch-only loading. No Flower here.
+
+``FamilialLM`` and ``FamilialOutput`` are imported on first use, so that light modules
+(errors, configs, codecs) do not pay for importing torch and transformers.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from familial.config import ExitAdapterConfig, FamilyConfig
 from familial.errors import FamflowError
-from familial.model import FamilialLM, FamilialOutput
+
+if TYPE_CHECKING:
+    from familial.model import FamilialLM, FamilialOutput
 
 __all__ = ["ExitAdapterConfig", "FamflowError", "FamilialLM", "FamilialOutput", "FamilyConfig"]
+
+
+def __getattr__(name: str) -> object:
+    if name in ("FamilialLM", "FamilialOutput"):
+        from familial import model
+
+        return getattr(model, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

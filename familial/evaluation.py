@@ -32,13 +32,14 @@ def evaluate(
             "validation fraction or a shorter sequence length."
         )
     exits = exits or model.held_exits
+    device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     loss_sums = dict.fromkeys(exits, 0.0)
     correct = dict.fromkeys(exits, 0)
     tokens = 0
     for start in range(0, len(blocks), batch_size):
-        input_ids = blocks[start : start + batch_size]
+        input_ids = blocks[start : start + batch_size].to(device)
         targets = input_ids[:, 1:].reshape(-1)
         logits = model(input_ids, exits=exits).logits
         for depth in exits:

@@ -15,7 +15,7 @@ logger = logging.getLogger("famflow.familial")
 
 
 def gguf_cache_dir(gguf: Path) -> Path:
-    from familial.presets import cache_root
+    from familial.paths import cache_root
 
     # The file size tells two releases of the same file name apart without hashing 100 MB.
     return cache_root() / "models" / f"{gguf.stem}-{gguf.stat().st_size}"

@@ -108,11 +108,15 @@ def attach_lora(model: FamilialLM, settings: LoraSettings) -> FamilialLM:
     return model
 
 
-def lora_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """LoRA factors under canonical names: ``trunk.7.self_attn.q_proj.A`` (r x in) and ``.B``."""
+def lora_state(model: nn.Module, lora_a: bool = True) -> dict[str, torch.Tensor]:
+    """LoRA factors under canonical names: ``trunk.7.self_attn.q_proj.A`` (r x in) and ``.B``.
+
+    ``lora_a`` False leaves the A factors out (FFA: they are frozen and shared, never sent).
+    """
     state: dict[str, torch.Tensor] = {}
     for key, module in lora_modules(model).items():
-        state[f"{key}.A"] = module.lora_A[ADAPTER_NAME].weight
+        if lora_a:
+            state[f"{key}.A"] = module.lora_A[ADAPTER_NAME].weight
         state[f"{key}.B"] = module.lora_B[ADAPTER_NAME].weight
     return state
 
@@ -129,12 +133,12 @@ def exit_adapter_parameters(model: FamilialLM) -> dict[str, nn.Parameter]:
 
 
 def trainable_state(
-    model: FamilialLM, lora: bool = True, exit_adapters: bool = True
+    model: FamilialLM, lora: bool = True, exit_adapters: bool = True, lora_a: bool = True
 ) -> dict[str, torch.Tensor]:
     """What a branch trains and exchanges, under canonical names (live tensors, not copies)."""
     state: dict[str, torch.Tensor] = {}
     if lora:
-        state.update(lora_state(model))
+        state.update(lora_state(model, lora_a=lora_a))
     if exit_adapters:
         state.update(exit_adapter_parameters(model))
     return state
@@ -145,9 +149,10 @@ def load_trainable_state(
     state: dict[str, torch.Tensor],
     lora: bool = True,
     exit_adapters: bool = True,
+    lora_a: bool = True,
 ) -> None:
     """Copy ``state`` into the branch; every expected key must be there and nothing else."""
-    target = trainable_state(model, lora=lora, exit_adapters=exit_adapters)
+    target = trainable_state(model, lora=lora, exit_adapters=exit_adapters, lora_a=lora_a)
     missing = sorted(set(target) - set(state))
     unexpected = sorted(set(state) - set(target))
     if missing or unexpected:

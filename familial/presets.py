@@ -17,6 +17,7 @@ from familial.architectures import RUYI_MODEL_TYPE, base_config_from_dict, ruyi_
 from familial.config import ExitAdapterConfig, FamilyConfig
 from familial.errors import FamflowError
 from familial.layouts import DenseLayout, Layout, RuyiLayout
+from familial.paths import REPO_ROOT
 
 SourceKind = Literal["random", "config", "local", "gguf"]
 SOURCE_KINDS = ("random", "config", "local", "gguf")
@@ -25,15 +26,10 @@ DTYPES: dict[str, torch.dtype] = {
     "float16": torch.float16,
     "bfloat16": torch.bfloat16,
 }
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def presets_dir() -> Path:
     return Path(os.environ.get("FAMFLOW_PRESETS", REPO_ROOT / "configs" / "models"))
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("FAMFLOW_CACHE", Path.home() / ".cache" / "famflow"))
 
 
 def parse_dtype(name: str) -> torch.dtype:

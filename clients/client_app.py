@@ -1,0 +1,82 @@
+"""famflow ClientApp: report a profile, train the branch it can hold, evaluate its exits."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import Mod
+
+from clients.task import get_branch, get_data, node_profile, receive, reply_arrays
+from familial.evaluation import evaluate
+from familial.federation_config import FederationConfig
+from familial.training import TrainConfig, train
+from strategies.records import from_record, to_record
+
+
+def make_client_app(
+    overrides: dict[str, Any] | None = None, mods: list[Mod] | None = None
+) -> ClientApp:
+    """The ClientApp; ``overrides`` replace run-config keys (tests run without a run config)."""
+    app = ClientApp(mods=mods)
+
+    def run_config(context: Context) -> FederationConfig:
+        return FederationConfig.from_run_config({**context.run_config, **(overrides or {})})
+
+    @app.query("profile")
+    def profile(msg: Message, context: Context) -> Message:
+        profile = node_profile(run_config(context), dict(context.node_config))
+        return Message(RecordDict({"profile": ConfigRecord(profile)}), reply_to=msg)
+
+    @app.train()
+    def train_branch(msg: Message, context: Context) -> Message:
+        config = run_config(context)
+        setup = msg.content["config"]
+        branch = get_branch(config, int(setup["exit"]), int(setup["rank"]), str(setup["device"]))
+        receive(config, branch, from_record(msg.content["arrays"]))
+        splits = get_data(config, int(context.node_config.get("partition-id", 0)))
+        settings = TrainConfig(
+            steps=config.local_steps,
+            batch_size=config.batch_size,
+            lr=float(setup["lr"]),
+            min_lr_ratio=1.0,
+            distill_weight=config.distill_weight,
+            train_exit_adapters=config.train_exit_adapters,
+            seed=config.seed + int(setup["server-round"]),
+        )
+        start = time.perf_counter()
+        result = train(branch, splits.train, settings)
+        metrics: dict[str, float] = {
+            "num-examples": len(splits.train),
+            "train-loss": result.losses[-1],
+            "train-seconds": result.seconds,
+            "client-seconds": time.perf_counter() - start,
+            "tokens": result.tokens,
+        }
+        metrics |= {f"loss-exit-{d}": loss for d, loss in result.exit_losses.items()}
+        content = {
+            "arrays": to_record(reply_arrays(config, branch)),
+            "metrics": MetricRecord(metrics),
+        }
+        return Message(RecordDict(content), reply_to=msg)
+
+    @app.evaluate()
+    def evaluate_branch(msg: Message, context: Context) -> Message:
+        config = run_config(context)
+        setup = msg.content["config"]
+        branch = get_branch(config, int(setup["exit"]), int(setup["rank"]), str(setup["device"]))
+        receive(config, branch, from_record(msg.content["arrays"]))
+        splits = get_data(config, int(context.node_config.get("partition-id", 0)))
+        results = evaluate(branch, splits.validation[: config.eval_blocks])
+        metrics: dict[str, float] = {"num-tokens": next(iter(results.values())).tokens}
+        for depth, exit_metrics in results.items():
+            metrics[f"loss-exit-{depth}"] = exit_metrics.loss
+            metrics[f"accuracy-exit-{depth}"] = exit_metrics.accuracy
+        return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+
+    return app
+
+
+app = make_client_app()

@@ -1,0 +1,110 @@
+"""What a ClientApp does with familial/: its profile, its branch and data (cached per process)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from familial.codecs import decode, encode
+from familial.data import DataConfig, TokenSplits, prepare_data
+from familial.errors import FamflowError
+from familial.federation_config import FederationConfig
+from familial.hardware import detected_memory_gb, get_tier, resolve_device
+from familial.loading import load_branch
+from familial.lora import LoraSettings, attach_lora, load_trainable_state, trainable_state
+from familial.model import FamilialLM
+from familial.presets import ModelSpec, resolve_model
+from familial.sizing import largest_fitting_branch
+from familial.tokenizer import load_tokenizer
+
+GIB = 1024**3
+# Each ClientApp process keeps its branch and data between messages (simulation reuses them).
+_BRANCHES: dict[tuple[Any, ...], FamilialLM] = {}
+_DATA: dict[tuple[Any, ...], TokenSplits] = {}
+
+
+def node_profile(config: FederationConfig, node_config: dict[str, Any]) -> dict[str, Any]:
+    """Tier, memory, device, and the deepest branch and LoRA rank this node can train."""
+    spec = resolve_model(config.model)
+    device = resolve_device(str(node_config.get("device", config.device)))
+    if "tier" in node_config:
+        tier = get_tier(str(node_config["tier"]))
+    elif "partition-id" in node_config and "memory-gb" not in node_config:
+        tier = get_tier(config.tier_of_partition(int(node_config["partition-id"])))
+    else:
+        tier = None
+    memory_gb = float(node_config.get("memory-gb", tier.memory_gb if tier else 0))
+    memory_gb = memory_gb or detected_memory_gb(device)
+    rank = int(node_config.get("rank", tier.rank if tier else 8))
+    exit_depth = largest_fitting_branch(
+        spec, memory_gb * GIB, rank, config.batch_size, config.seq_len
+    )
+    if exit_depth is None:
+        raise FamflowError(
+            f"No branch of {spec.name} trains in {memory_gb:.2f} GiB at batch "
+            f"{config.batch_size} x {config.seq_len}: give the node more memory-gb or "
+            "lower batch-size / seq-len."
+        )
+    return {
+        "tier": tier.name if tier else "custom",
+        "memory-gb": memory_gb,
+        "device": device,
+        "exit": exit_depth,
+        "rank": rank,
+    }
+
+
+def lora_settings(config: FederationConfig, rank: int) -> LoraSettings:
+    return LoraSettings(
+        rank=rank,
+        alpha=config.lora_alpha_ratio * rank,
+        freeze_a=config.rule == "ffa",
+        seed=config.seed,
+    )
+
+
+def get_branch(config: FederationConfig, exit_depth: int, rank: int, device: str) -> FamilialLM:
+    key = (config.model, exit_depth, rank, config.rule, config.seed, device)
+    if key not in _BRANCHES:
+        branch = attach_lora(load_branch(config.model, exit_depth), lora_settings(config, rank))
+        _BRANCHES[key] = branch.to(device)
+    return _BRANCHES[key]
+
+
+def get_data(config: FederationConfig, partition_id: int) -> TokenSplits:
+    data = DataConfig(
+        name=config.dataset,
+        seq_len=config.seq_len,
+        partitioner=config.partitioner,
+        num_partitions=max(1, sum(count for _, count in config.tier_counts())),
+        partition_by=config.partition_by or None,
+        seed=config.seed,
+        max_examples=config.max_examples or None,
+    )
+    key = (config.model, *data.to_dict().values(), partition_id)
+    if key not in _DATA:
+        spec: ModelSpec = resolve_model(config.model)
+        max_length = int(spec.base_config().max_position_embeddings)
+        _DATA[key] = prepare_data(data, load_tokenizer(spec), partition_id, max_length)
+    return _DATA[key]
+
+
+def exchanged(config: FederationConfig, branch: FamilialLM) -> dict[str, torch.Tensor]:
+    """The tensors this branch sends and receives (FFA: no A, it is shared and frozen)."""
+    return trainable_state(
+        branch, exit_adapters=config.train_exit_adapters, lora_a=config.rule != "ffa"
+    )
+
+
+def receive(config: FederationConfig, branch: FamilialLM, arrays: dict[str, np.ndarray]) -> None:
+    state = {key: torch.from_numpy(value) for key, value in decode(arrays, config.codec).items()}
+    load_trainable_state(
+        branch, state, exit_adapters=config.train_exit_adapters, lora_a=config.rule != "ffa"
+    )
+
+
+def reply_arrays(config: FederationConfig, branch: FamilialLM) -> dict[str, np.ndarray]:
+    state = exchanged(config, branch)
+    return encode({k: v.detach().float().cpu().numpy() for k, v in state.items()}, config.codec)

@@ -1,0 +1,148 @@
+"""Updates on the wire: fp32, fp16, bf16 and int8 (per-row scale), in both directions.
+
+``encode`` turns named float arrays into what is sent; ``decode`` turns a received payload back
+into float32 and refuses a malformed one (it comes from an untrusted peer) with one sentence.
+bf16 travels as the int16 bit pattern (numpy has no bfloat16). int8 is symmetric: a 2-D array
+gets one scale per row (max |row| / 127, 1 for a zero row), any other array one scale; the
+scales travel as float32 arrays under ``key + SCALE_SUFFIX``, which no canonical name can hold.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from familial.errors import FamflowError
+
+CODECS = ("fp32", "fp16", "bf16", "int8")
+SCALE_SUFFIX = "#scale"
+INT8_MAX = 127
+FP16_MAX = float(np.finfo(np.float16).max)
+WIRE_DTYPES = {"fp32": np.float32, "fp16": np.float16, "bf16": np.int16, "int8": np.int8}
+
+Arrays = dict[str, np.ndarray]
+
+
+def _check_codec(codec: str) -> None:
+    if codec not in CODECS:
+        raise FamflowError(f"Unknown codec {codec!r}: use one of {', '.join(CODECS)}.")
+
+
+def _int8_scale_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """One scale per row of a matrix, one for anything else."""
+    return (shape[0],) if len(shape) == 2 else (1,)
+
+
+def _encode_int8(key: str, values: np.ndarray) -> Arrays:
+    if values.ndim == 2:
+        peak = np.max(np.abs(values), axis=1, initial=0.0)
+    else:
+        peak = np.array([np.max(np.abs(values), initial=0.0)], dtype=np.float32)
+    scale = np.where(peak > 0, peak / INT8_MAX, 1.0).astype(np.float32)
+    shaped = scale.reshape(-1, 1) if values.ndim == 2 else scale[0]
+    quantized = np.clip(np.rint(values / shaped), -INT8_MAX, INT8_MAX).astype(np.int8)
+    return {key: quantized, key + SCALE_SUFFIX: scale}
+
+
+def _bf16_bits(values: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 (round to nearest even) as its int16 bit pattern."""
+    tensor = torch.from_numpy(np.ascontiguousarray(values))
+    return tensor.to(torch.bfloat16).view(torch.int16).numpy().copy()
+
+
+def _bf16_values(bits: np.ndarray) -> np.ndarray:
+    """The int16 bit pattern of bfloat16 values -> float32."""
+    tensor = torch.from_numpy(np.ascontiguousarray(bits))
+    return tensor.view(torch.bfloat16).to(torch.float32).numpy().copy()
+
+
+def encode(arrays: Arrays, codec: str) -> Arrays:
+    """Named float arrays -> the payload for ``codec`` (inputs untouched)."""
+    _check_codec(codec)
+    encoded: Arrays = {}
+    for key, array in arrays.items():
+        if SCALE_SUFFIX in key:
+            raise FamflowError(f"{key} holds {SCALE_SUFFIX!r}, reserved for int8 scales.")
+        values = np.asarray(array, dtype=np.float32)
+        if not np.isfinite(values).all():
+            raise FamflowError(f"{key} has NaN or inf values: fix training before sending.")
+        if codec == "fp32":
+            encoded[key] = values.copy()
+        elif codec == "fp16":
+            if np.max(np.abs(values), initial=0.0) > FP16_MAX:
+                raise FamflowError(
+                    f"{key} has values beyond the fp16 range (|x| > 65504): use bf16 or fp32."
+                )
+            encoded[key] = values.astype(np.float16)
+        elif codec == "bf16":
+            encoded[key] = _bf16_bits(values)
+        else:
+            encoded.update(_encode_int8(key, values))
+    return encoded
+
+
+def _wire_array(key: str, value: object, codec: str, dtype: type) -> np.ndarray:
+    if not isinstance(value, np.ndarray) or value.dtype != np.dtype(dtype):
+        found = getattr(value, "dtype", type(value).__name__)
+        raise FamflowError(
+            f"Payload for {key} has dtype {found}, the {codec} codec sends "
+            f"{np.dtype(dtype).name}: encode with the codec the server asked for."
+        )
+    return value
+
+
+def _finite(key: str, values: np.ndarray, codec: str) -> np.ndarray:
+    if not np.isfinite(values).all():
+        raise FamflowError(f"Payload for {key} decodes to NaN or inf under {codec}: drop it.")
+    return values
+
+
+def decode(encoded: Arrays, codec: str) -> Arrays:
+    """A received payload -> float32 arrays; a malformed payload raises ``FamflowError``."""
+    _check_codec(codec)
+    scales = {key for key in encoded if key.endswith(SCALE_SUFFIX)}
+    if codec != "int8" and scales:
+        raise FamflowError(
+            f"Payload holds int8 scales ({sorted(scales)[0]}) under the {codec} codec: "
+            "encode with the codec the server asked for."
+        )
+    data = [key for key in encoded if key not in scales]
+    orphans = sorted(scales - {key + SCALE_SUFFIX for key in data})
+    if orphans:
+        raise FamflowError(f"Payload holds {orphans[0]} without its tensor: resend it whole.")
+    decoded: Arrays = {}
+    for key in data:
+        if SCALE_SUFFIX in key:
+            raise FamflowError(f"Payload key {key} is malformed: use canonical names.")
+        wire = _wire_array(key, encoded[key], codec, WIRE_DTYPES[codec])
+        if codec == "fp32":
+            decoded[key] = _finite(key, wire.copy(), codec)
+        elif codec == "fp16":
+            decoded[key] = _finite(key, wire.astype(np.float32), codec)
+        elif codec == "bf16":
+            decoded[key] = _finite(key, _bf16_values(wire), codec)
+        else:
+            decoded[key] = _decode_int8(key, wire, encoded)
+    return decoded
+
+
+def _decode_int8(key: str, quantized: np.ndarray, encoded: Arrays) -> np.ndarray:
+    scale_key = key + SCALE_SUFFIX
+    if scale_key not in encoded:
+        raise FamflowError(f"Payload for {key} has no {scale_key}: int8 needs its scales.")
+    scale = _wire_array(scale_key, encoded[scale_key], "int8", np.float32)
+    expected = _int8_scale_shape(quantized.shape)
+    if scale.shape != expected:
+        raise FamflowError(
+            f"Payload for {key} has shape {quantized.shape} but scales of shape {scale.shape} "
+            f"(expected {expected}): resend it whole."
+        )
+    if not (np.isfinite(scale).all() and (scale > 0).all()):
+        raise FamflowError(f"Payload scales for {key} are not finite and positive: drop it.")
+    shaped = scale.reshape(-1, 1) if quantized.ndim == 2 else scale[0]
+    return (quantized.astype(np.float32) * shaped).astype(np.float32)
+
+
+def encoded_bytes(encoded: Arrays) -> int:
+    """Bytes of the arrays as sent (data and scales)."""
+    return sum(int(np.asarray(value).nbytes) for value in encoded.values())

@@ -1,0 +1,109 @@
+"""The run config of a federation (``[tool.flwr.app.config]``), read into one typed dataclass."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from familial.errors import FamflowError
+
+RULES: tuple[str, ...] = ("fedit", "ffa", "flexlora", "hetlora")
+CODECS: tuple[str, ...] = ("fp32", "fp16", "bf16", "int8")
+
+
+@dataclass
+class FederationConfig:
+    """Every setting of a federated run; Flower's hyphenated keys map to these fields.
+
+    ``tier_mix`` lists the tiers of simulated nodes in partition order, as ``name:count``
+    pairs (``device:2,edge:2,cloud:2``); a deployed node names its tier in its node config.
+    A tier's LoRA uses ``alpha = lora_alpha_ratio * rank``, one scale for every rank.
+    """
+
+    model: str = "smollm2-135m"
+    num_server_rounds: int = 3
+    tier_mix: str = "device:2,edge:2,cloud:2"
+    rule: str = "fedit"
+    codec: str = "fp32"
+    lora_alpha_ratio: float = 2.0
+    local_steps: int = 10
+    batch_size: int = 4
+    seq_len: int = 64
+    lr: float = 2e-3
+    distill_weight: float = 0.0
+    train_exit_adapters: bool = True
+    dataset: str = "shakespeare"
+    partitioner: str = "natural"
+    partition_by: str = "play"
+    max_examples: int = 0
+    eval_blocks: int = 32
+    fraction_train: float = 1.0
+    min_nodes: int = 2
+    round_timeout: float = 600.0
+    seed: int = 0
+    device: str = "auto"
+    out_dir: str = "runs/federation"
+    resume: str = ""
+    export_merged: bool = False
+
+    def __post_init__(self) -> None:
+        if self.rule not in RULES:
+            raise FamflowError(f"Unknown rule {self.rule!r}: use one of {', '.join(RULES)}.")
+        if self.codec not in CODECS:
+            raise FamflowError(f"Unknown codec {self.codec!r}: use one of {', '.join(CODECS)}.")
+        for name in ("num_server_rounds", "local_steps", "batch_size", "seq_len", "min_nodes"):
+            if getattr(self, name) < 1:
+                raise FamflowError(f"{_key(name)} must be at least 1, got {getattr(self, name)}.")
+        if not 0 < self.fraction_train <= 1:
+            raise FamflowError(f"fraction-train must be in (0, 1], got {self.fraction_train}.")
+        if self.lr <= 0 or self.lora_alpha_ratio <= 0 or self.round_timeout <= 0:
+            raise FamflowError("lr, lora-alpha-ratio and round-timeout must be positive.")
+        self.tier_counts()
+
+    def tier_counts(self) -> list[tuple[str, int]]:
+        try:
+            pairs = [item.split(":") for item in self.tier_mix.split(",") if item.strip()]
+            counts = [(name.strip(), int(count)) for name, count in pairs]
+        except ValueError:
+            counts = []
+        if not counts or any(count < 0 for _, count in counts):
+            raise FamflowError(
+                f"tier-mix {self.tier_mix!r} is not a list of tier:count pairs: "
+                "write e.g. device:2,edge:2,cloud:2."
+            )
+        return counts
+
+    def tier_of_partition(self, partition_id: int) -> str:
+        """The tier of simulated node ``partition_id`` (the mix repeats past its end)."""
+        order = [name for name, count in self.tier_counts() for _ in range(count)]
+        if not order:
+            raise FamflowError("tier-mix has no nodes: give at least one tier a count.")
+        return order[partition_id % len(order)]
+
+    def to_run_config(self) -> dict[str, Any]:
+        return {_key(name): value for name, value in asdict(self).items()}
+
+    @classmethod
+    def from_run_config(cls, run_config: dict[str, Any]) -> FederationConfig:
+        """Read Flower's run config; unknown keys are refused, missing keys take defaults."""
+        known = {_key(f.name): f for f in fields(cls)}
+        unknown = sorted(set(run_config) - set(known))
+        if unknown:
+            raise FamflowError(
+                f"Unknown run-config key(s) {unknown}: use only {', '.join(sorted(known))}."
+            )
+        values: dict[str, Any] = {}
+        for key, value in run_config.items():
+            field = known[key]
+            kind = {"int": int, "float": float, "bool": bool, "str": str}[str(field.type)]
+            try:
+                values[field.name] = kind(value)
+            except (TypeError, ValueError):
+                raise FamflowError(
+                    f"run-config {key} = {value!r} is not a {field.type}: fix its value."
+                ) from None
+        return cls(**values)
+
+
+def _key(name: str) -> str:
+    return name.replace("_", "-")

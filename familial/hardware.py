@@ -1,0 +1,74 @@
+"""Hardware tiers (configs/hardware/tiers.toml) and what a node can hold."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from familial.errors import FamflowError
+from familial.paths import REPO_ROOT
+
+GIB = 1024**3
+
+
+@dataclass(frozen=True)
+class Tier:
+    name: str
+    memory_gb: float
+    rank: int
+
+    def __post_init__(self) -> None:
+        if self.memory_gb <= 0 or self.rank < 1:
+            raise FamflowError(
+                f"Tier {self.name!r} needs memory-gb > 0 and rank >= 1, got "
+                f"{self.memory_gb} and {self.rank}: fix configs/hardware/tiers.toml."
+            )
+
+
+def tiers_file() -> Path:
+    return Path(os.environ.get("FAMFLOW_TIERS", REPO_ROOT / "configs" / "hardware" / "tiers.toml"))
+
+
+def load_tiers(path: Path | None = None) -> dict[str, Tier]:
+    path = path or tiers_file()
+    if not path.is_file():
+        raise FamflowError(f"No tiers file at {path}: restore configs/hardware/tiers.toml.")
+    try:
+        data = tomllib.loads(path.read_text())
+        return {
+            name: Tier(name, float(table["memory-gb"]), int(table["rank"]))
+            for name, table in data.items()
+        }
+    except (tomllib.TOMLDecodeError, KeyError, TypeError, ValueError) as error:
+        raise FamflowError(
+            f"{path} is not a valid tiers file ({error}): give each tier memory-gb and rank."
+        ) from None
+
+
+def get_tier(name: str, tiers: dict[str, Tier] | None = None) -> Tier:
+    tiers = tiers or load_tiers()
+    if name not in tiers:
+        raise FamflowError(f"Unknown tier {name!r}: use one of {', '.join(tiers)}.")
+    return tiers[name]
+
+
+def detected_memory_gb(device: str) -> float:
+    """Memory of the accelerator (cuda) or of the machine (cpu), in GiB."""
+    if device == "cuda":
+        return torch.cuda.get_device_properties(0).total_memory / GIB
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB
+
+
+def resolve_device(requested: str) -> str:
+    """``cpu``, ``cuda`` or ``auto`` (cuda when available) -> the device to use."""
+    if requested not in ("cpu", "cuda", "auto"):
+        raise FamflowError(f"Unknown device {requested!r}: use cpu, cuda or auto.")
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise FamflowError("device=cuda but no CUDA GPU is visible: use device=cpu or auto.")
+    return requested

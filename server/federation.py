@@ -1,0 +1,148 @@
+"""The round loop: profile, evaluate, then train/evaluate/checkpoint/record each round, export."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from flwr.app import ConfigRecord, Message, MessageType, MetricRecord
+from flwr.serverapp import Grid
+
+from familial.federation_config import FederationConfig
+from server.checkpoints import load_checkpoint, save_checkpoint
+from server.export import export_branches
+from server.plans import initial_global_state, node_plans
+from server.profiles import query_profiles
+from server.records import RoundRecorder, read_rows
+from strategies.familial_strategy import FamilialStrategy, NodePlan, RoundTraffic
+from strategies.records import from_record, to_record
+from strategies.rules import get_rule
+
+logger = logging.getLogger("famflow.server")
+
+
+def cosine_lr(config: FederationConfig) -> Any:
+    """The learning rate of each round: cosine from ``lr`` to ``lr / 10`` over the run."""
+
+    def lr_for_round(server_round: int) -> float:
+        progress = (server_round - 1) / max(1, config.num_server_rounds - 1)
+        return config.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+    return lr_for_round
+
+
+def exits_of(metrics: MetricRecord | None) -> dict[str, dict[str, float]]:
+    """``{"10": {"loss": .., "perplexity": .., "accuracy": ..}, ...}`` from evaluate metrics."""
+    exits: dict[str, dict[str, float]] = {}
+    for key, value in dict(metrics or {}).items():
+        name, _, depth = key.partition("-exit-")
+        exits.setdefault(depth, {})[name] = float(value)
+    return dict(sorted(exits.items(), key=lambda item: int(item[0])))
+
+
+def round_row(
+    server_round: int,
+    plans: dict[int, NodePlan],
+    traffic: RoundTraffic,
+    evaluation: MetricRecord | None,
+    train_replies: list[Message],
+    seconds: float,
+) -> dict[str, Any]:
+    train_seconds = [
+        float(r.content["metrics"].get("client-seconds", 0))
+        for r in train_replies
+        if not r.has_error() and "metrics" in r.content
+    ]
+    return {
+        "round": server_round,
+        "exits": exits_of(evaluation),
+        "nodes": {
+            str(node): {
+                "tier": plan.tier,
+                "exit": plan.exit,
+                "rank": plan.rank,
+                "bytes_down": traffic.down.get(node, 0),
+                "bytes_up": traffic.up.get(node, 0),
+            }
+            for node, plan in plans.items()
+        },
+        "bytes_down": sum(traffic.down.values()),
+        "bytes_up": sum(traffic.up.values()),
+        "dropped": {str(node): reason for node, reason in traffic.dropped.items()},
+        "seconds": seconds,
+        "train_seconds_max": max(train_seconds, default=0.0),
+    }
+
+
+def run_federation(grid: Grid, config: FederationConfig) -> list[dict[str, Any]]:
+    """Run the federation described by ``config``; returns the per-round rows."""
+    out = Path(config.out_dir)
+    profiles = query_profiles(grid, config.min_nodes, config.round_timeout)
+    plans = node_plans(config, profiles)
+    rank = max(plan.rank for plan in plans.values())
+    rule = get_rule(config.rule)
+    start_round = 1
+    if config.resume:
+        last_round, arrays, _ = load_checkpoint(Path(config.resume))
+        start_round = last_round + 1
+        logger.info("resuming after round %d from %s", last_round, config.resume)
+    else:
+        arrays = initial_global_state(config, rank)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.jsonl").unlink(missing_ok=True)
+    strategy = FamilialStrategy(
+        rule,
+        plans,
+        codec=config.codec,
+        fraction_train=config.fraction_train,
+        min_nodes=config.min_nodes,
+        lr_for_round=cosine_lr(config),
+        seed=config.seed,
+    )
+    strategy.summary()
+    recorder = RoundRecorder(out)
+    record = to_record(arrays)
+    timeout = config.round_timeout
+    if start_round == 1:
+        replies = grid.send_and_receive(
+            strategy.configure_evaluate(0, record, ConfigRecord(), grid), timeout=timeout
+        )
+        evaluation = strategy.aggregate_evaluate(0, replies)
+        traffic = strategy.traffic[(0, MessageType.EVALUATE)]
+        recorder.record(
+            round_row(0, plans, RoundTraffic(dropped=traffic.dropped), evaluation, [], 0.0)
+        )
+    for server_round in range(start_round, config.num_server_rounds + 1):
+        start = time.perf_counter()
+        train_replies = list(
+            grid.send_and_receive(
+                strategy.configure_train(server_round, record, ConfigRecord(), grid),
+                timeout=timeout,
+            )
+        )
+        aggregated, _ = strategy.aggregate_train(server_round, train_replies)
+        record = aggregated if aggregated is not None else record
+        evaluate_replies = grid.send_and_receive(
+            strategy.configure_evaluate(server_round, record, ConfigRecord(), grid),
+            timeout=timeout,
+        )
+        evaluation = strategy.aggregate_evaluate(server_round, evaluate_replies)
+        traffic = strategy.traffic[(server_round, MessageType.TRAIN)]
+        row = round_row(
+            server_round, plans, traffic, evaluation, train_replies, time.perf_counter() - start
+        )
+        save_checkpoint(
+            out / "checkpoints",
+            server_round,
+            from_record(record),
+            {"config": asdict(config), "rank": rank},
+        )
+        recorder.record(row)
+        logger.info("round %d: %s", server_round, row["exits"])
+    recorder.close()
+    export_branches(config, rule, from_record(record), rank, out / "export")
+    return read_rows(out)

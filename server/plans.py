@@ -1,0 +1,59 @@
+"""From node profiles to node plans, and the global adapters a federation starts from."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+
+from clients.task import lora_settings
+from familial.federation_config import FederationConfig
+from familial.loading import build_meta_branch, load_branch
+from familial.lora import attach_lora, trainable_state
+from strategies.familial_strategy import NodePlan
+
+logger = logging.getLogger("famflow.server")
+HETEROGENEOUS_RULES = ("flexlora", "hetlora")
+
+
+def branch_keys(config: FederationConfig, exit_depth: int, rank: int) -> tuple[str, ...]:
+    """The keys a branch exchanges, read from its modules on the meta device (no weights)."""
+    branch = attach_lora(build_meta_branch(config.model, exit_depth), lora_settings(config, rank))
+    state = trainable_state(
+        branch, exit_adapters=config.train_exit_adapters, lora_a=config.rule != "ffa"
+    )
+    return tuple(sorted(state))
+
+
+def node_plans(
+    config: FederationConfig, profiles: dict[int, dict[str, Any]]
+) -> dict[int, NodePlan]:
+    """One plan per profiled node; fedit and ffa put every node at the largest rank."""
+    ranks = {int(p["rank"]) for p in profiles.values()}
+    if config.rule not in HETEROGENEOUS_RULES and len(ranks) > 1:
+        logger.info("%s needs one LoRA rank: every node trains rank %d", config.rule, max(ranks))
+        ranks = {max(ranks)}
+    plans = {}
+    for node, profile in profiles.items():
+        rank = int(profile["rank"]) if config.rule in HETEROGENEOUS_RULES else max(ranks)
+        exit_depth = int(profile["exit"])
+        plans[node] = NodePlan(
+            node_id=node,
+            tier=str(profile["tier"]),
+            exit=exit_depth,
+            rank=rank,
+            scale=config.lora_alpha_ratio,
+            device=str(profile["device"]),
+            keys=branch_keys(config, exit_depth, rank),
+        )
+    return plans
+
+
+def initial_global_state(config: FederationConfig, rank: int) -> dict[str, np.ndarray]:
+    """Every exchanged key of the whole family at ``rank``, as a fresh branch starts it."""
+    family = attach_lora(load_branch(config.model), lora_settings(config, rank))
+    state = trainable_state(family, exit_adapters=config.train_exit_adapters)
+    with torch.no_grad():
+        return {key: tensor.detach().float().numpy().copy() for key, tensor in state.items()}

@@ -1,0 +1,40 @@
+"""Per-round records: one ``metrics.jsonl`` row and TensorBoard scalars per round."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from torch.utils.tensorboard import SummaryWriter
+
+METRICS_FILE = "metrics.jsonl"
+
+
+class RoundRecorder:
+    """Appends to ``OUT/metrics.jsonl`` and writes TensorBoard events under ``OUT/tensorboard``."""
+
+    def __init__(self, out_dir: Path) -> None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics_file = out_dir / METRICS_FILE
+        self.writer = SummaryWriter(log_dir=str(out_dir / "tensorboard"))
+
+    def record(self, row: dict[str, Any]) -> None:
+        with self.metrics_file.open("a") as file:
+            file.write(json.dumps(row) + "\n")
+        step = int(row["round"])
+        for depth, metrics in row.get("exits", {}).items():
+            for name, value in metrics.items():
+                self.writer.add_scalar(f"{name}/exit-{depth}", value, step)
+        for name in ("bytes_up", "bytes_down", "seconds", "train_seconds_max"):
+            if name in row:
+                self.writer.add_scalar(f"round/{name}", row[name], step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def read_rows(out_dir: Path) -> list[dict[str, Any]]:
+    path = out_dir / METRICS_FILE
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []

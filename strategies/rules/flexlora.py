@@ -1,0 +1,134 @@
+"""FlexLoRA: heterogeneous ranks through the exact product, truncated by SVD.
+
+Per LoRA module, W = sum_k p_k s_k B_k A_k over the clients holding it (p_k: example weights
+over those clients, s_k = alpha_k / r_k): the exact weight delta, of rank <= sum_k r_k.
+
+Convention: the global state stores each module at the global rank R (the rank of the global
+factors, i.e. the largest tier's) with scale 1 and in SVD form: B_g = U_R S_R, A_g = Vt_R, so
+B_g A_g is the best rank-R approximation of W (exact when rank W <= R) and A_g has orthonormal
+rows. A client at rank r and scale s gets B = U_r S_r / s, A = Vt_r, so s B A is the best
+rank-r approximation. A holds the singular directions (never zero, so a fresh B = 0 still
+trains) and B the magnitudes. The SVD is taken on the factors (QR of each side, SVD of a small
+core), never on the out x in product, so a 7B module costs milliseconds, not seconds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from strategies.rules.base import (
+    ClientUpdate,
+    State,
+    check_global_pairs,
+    check_slice_keys,
+    check_slice_rank,
+    check_update,
+    copy_state,
+    dense_keys,
+    holder_weights,
+    is_lora_key,
+    logger,
+    lora_modules,
+    lora_rank,
+    weighted_mean_per_key,
+)
+
+
+def factored_svd(b: np.ndarray, a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Thin SVD ``U, S, Vt`` of ``b @ a`` (out x m times m x in) without forming the product."""
+    q_b, r_b = np.linalg.qr(b.astype(np.float64))
+    q_a, r_a = np.linalg.qr(a.astype(np.float64).T)
+    u, s, vt = np.linalg.svd(r_b @ r_a.T, full_matrices=False)
+    u, vt = q_b @ u, vt @ q_a.T
+    # Each singular pair is defined up to a joint sign; fix it (largest |entry| of each row of
+    # Vt positive) so that the same product always gives the same factors (resume, replays).
+    rows = np.arange(vt.shape[0])
+    signs = np.sign(vt[rows, np.abs(vt).argmax(axis=1)])
+    signs[signs == 0] = 1.0
+    return u * signs, s, vt * signs[:, None]
+
+
+def truncated_factors(
+    u: np.ndarray, s: np.ndarray, vt: np.ndarray, rank: int, scale: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(B, A)`` at ``rank`` with ``scale * B @ A`` the rank-``rank`` truncation (float32)."""
+    kept = min(rank, s.shape[0])
+    b = np.zeros((u.shape[0], rank), dtype=np.float64)
+    a = np.zeros((rank, vt.shape[1]), dtype=np.float64)
+    b[:, :kept] = u[:, :kept] * (s[:kept] / scale)
+    a[:kept] = vt[:kept]
+    if kept < rank:
+        logger.debug("rank %d exceeds min(out, in) = %d: padded with zeros", rank, kept)
+    return b.astype(np.float32), a.astype(np.float32)
+
+
+def _weighted_factors(
+    updates: list[ClientUpdate], module: str
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(B_cat, A_cat)`` with ``B_cat @ A_cat = sum_k p_k s_k B_k A_k`` over the holders."""
+    holders, weights = holder_weights(updates, f"{module}.A")
+    if not holders:
+        return None
+    b_parts = [
+        weight * updates[i].scale * updates[i].arrays[f"{module}.B"].astype(np.float64)
+        for i, weight in zip(holders, weights, strict=True)
+    ]
+    a_parts = [updates[i].arrays[f"{module}.A"].astype(np.float64) for i in holders]
+    return np.concatenate(b_parts, axis=1), np.concatenate(a_parts, axis=0)
+
+
+def lora_products(updates: list[ClientUpdate]) -> dict[str, np.ndarray]:
+    """Per module, the exact ``sum_k p_k s_k B_k A_k`` over its holders (dense, float32)."""
+    products: dict[str, np.ndarray] = {}
+    for module in lora_modules(key for update in updates for key in update.arrays):
+        factors = _weighted_factors(updates, module)
+        if factors is not None:
+            products[module] = (factors[0] @ factors[1]).astype(np.float32)
+    return products
+
+
+@dataclass(frozen=True)
+class FlexLoRA:
+    """Exact weighted product per module, truncated SVD back to the global and client ranks."""
+
+    name: str = "flexlora"
+
+    def validate(self, global_arrays: State, update: ClientUpdate) -> None:
+        check_update(global_arrays, update, self.name, same_rank=False, pairs=True)
+
+    def aggregate(self, global_arrays: State, updates: list[ClientUpdate]) -> State:
+        check_global_pairs(global_arrays)
+        for update in updates:
+            self.validate(global_arrays, update)
+        state = copy_state(global_arrays)
+        state.update(weighted_mean_per_key(updates, dense_keys(global_arrays)))
+        for module in lora_modules(global_arrays):
+            factors = _weighted_factors(updates, module)
+            if factors is None:
+                continue
+            b_g, a_g = global_arrays[f"{module}.B"], global_arrays[f"{module}.A"]
+            # Zero-weighted old directions: W is unchanged, and rank W < R still yields R
+            # orthonormal rows of A (so every rank of every tier keeps training).
+            b_cat = np.concatenate([factors[0], np.zeros(b_g.shape)], axis=1)
+            a_cat = np.concatenate([factors[1], a_g.astype(np.float64)], axis=0)
+            u, s, vt = factored_svd(b_cat, a_cat)
+            state[f"{module}.B"], state[f"{module}.A"] = truncated_factors(
+                u, s, vt, lora_rank(global_arrays, module), scale=1.0
+            )
+        return state
+
+    def slice_for(
+        self, global_arrays: State, keys: Iterable[str], rank: int, scale: float
+    ) -> State:
+        keys = check_slice_keys(global_arrays, keys, rank)
+        check_global_pairs(global_arrays)
+        sliced = copy_state({key: global_arrays[key] for key in keys if not is_lora_key(key)})
+        for module in lora_modules(keys):
+            check_slice_rank(global_arrays, module, rank)
+            u, s, vt = factored_svd(global_arrays[f"{module}.B"], global_arrays[f"{module}.A"])
+            b, a = truncated_factors(u, s, vt, rank, scale)
+            sliced.update({f"{module}.B": b, f"{module}.A": a})
+        return {key: sliced[key] for key in keys}
