@@ -1,15 +1,31 @@
 #!/usr/bin/env bash
-# Quickstart 1: set up everything, then run the main job on the offline default model.
+# Quickstart 1: set up everything, then run the main job: the federated simulation of the
+# SmolLM2 family (6 clients: device/edge/cloud) on Shakespeare, offline. Extra arguments go to
+# `flwr run` (e.g. --run-config "num-server-rounds=1").
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 bash "$FAMFLOW_ROOT/scripts/setup.sh"
-FAMFLOW="${FAMFLOW_VENV:-$FAMFLOW_ROOT/.venv}/bin/famflow"
-"$FAMFLOW" prepare smollm2-135m
-"$FAMFLOW" info smollm2-135m --rank 8
-"$FAMFLOW" generate smollm2-135m --prompt "What is the capital of France?" --max-new-tokens 16
-"$FAMFLOW" data prepare shakespeare --quiet
-# Exit adapters + LoRA make the device branch's exit decodable: watch its perplexity fall.
-"$FAMFLOW" train-local smollm2-135m --branch 10 --steps 30 --max-examples 3000 --eval-blocks 32 \
-  --out "$FAMFLOW_ROOT/runs/demo-train-local"
-"$FAMFLOW" generate smollm2-135m --exit 10 --adapters "$FAMFLOW_ROOT/runs/demo-train-local" \
+VENV="${FAMFLOW_VENV:-$FAMFLOW_ROOT/.venv}"
+cd "$FAMFLOW_ROOT"
+
+# Model cache and corpus first, so that no client converts or downloads them concurrently.
+famflow prepare smollm2-135m
+famflow data prepare shakespeare --quiet
+famflow info smollm2-135m --rank 8
+
+# `flwr run` starts a local SuperLink that keeps running: stop what it started, by PID.
+FLOWER_PROCESSES="$VENV/bin/(flower-superlink|flower-superexec|flwr-simulation|flwr-serverapp)"
+running_before="$(pgrep -f "$FLOWER_PROCESSES" || true)"
+stop_started_flower_processes() {
+  local pid
+  for pid in $(pgrep -f "$FLOWER_PROCESSES" || true); do
+    if ! grep -qx "$pid" <<<"$running_before"; then
+      kill "$pid" 2>/dev/null || true
+    fi
+  done
+}
+trap stop_started_flower_processes EXIT
+flwr run . --stream --federation-config "num-supernodes=6" "$@"
+
+famflow generate smollm2-135m --exit 10 --adapters runs/federation/export/exit-10 \
   --prompt "What is the capital of France?" --max-new-tokens 16

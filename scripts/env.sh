@@ -9,3 +9,5 @@ export HF_HUB_OFFLINE=1
 export TRANSFORMERS_OFFLINE=1
 export HF_DATASETS_OFFLINE=1
 export TOKENIZERS_PARALLELISM=false
+# flwr run starts flower-superlink from PATH: use the project's environment.
+export PATH="${FAMFLOW_VENV:-$FAMFLOW_ROOT/.venv}/bin:$PATH"

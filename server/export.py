@@ -6,15 +6,33 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
 
 from clients.task import exchanged, lora_settings
 from familial.family_io import save_exit_adapters
 from familial.federation_config import FederationConfig
 from familial.loading import load_branch
-from familial.lora import attach_lora, load_trainable_state
+from familial.lora import attach_lora, load_trainable_state, lora_modules
+from familial.model import FamilialLM
 from familial.peft_export import save_peft_adapter
 from familial.presets import resolve_model
 from strategies.rules import AggregationRule
+
+MERGED_FILE = "merged_model.safetensors"
+
+
+def save_merged_weights(branch: FamilialLM, path: Path) -> None:
+    """The branch's weights with LoRA merged in, under the plain model's names."""
+    for module in lora_modules(branch).values():
+        module.merge()
+    state = {
+        name.replace(".base_layer.", "."): tensor.detach().contiguous().cpu()
+        for name, tensor in branch.state_dict().items()
+        if ".lora_" not in name
+    }
+    if branch.config.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+    save_file(state, str(path))
 
 
 def export_branches(
@@ -24,7 +42,10 @@ def export_branches(
     rank: int,
     out_dir: Path,
 ) -> list[Path]:
-    """``OUT/exit-E/`` per exit, served by ``famflow generate MODEL --exit E --adapters``."""
+    """``OUT/exit-E/`` per exit, served by ``famflow generate MODEL --exit E --adapters``.
+
+    With ``export-merged`` each directory also holds ``merged_model.safetensors``.
+    """
     spec = resolve_model(config.model)
     written = []
     for depth in spec.family.exits:
@@ -41,5 +62,7 @@ def export_branches(
         save_peft_adapter(branch, directory, base_model=str(spec.path or spec.name))
         if spec.family.adapters is not None:
             save_exit_adapters(branch, directory)
+        if config.export_merged:
+            save_merged_weights(branch, directory / MERGED_FILE)
         written.append(directory)
     return written

@@ -75,6 +75,7 @@ def round_row(
         "dropped": {str(node): reason for node, reason in traffic.dropped.items()},
         "seconds": seconds,
         "train_seconds_max": max(train_seconds, default=0.0),
+        "train_seconds_sum": sum(train_seconds),
     }
 
 

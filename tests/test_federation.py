@@ -5,6 +5,7 @@ import pytest
 from flwr.app import Context, Message
 from safetensors.numpy import load_file
 
+from familial.loading import load_branch
 from familial.local_training import load_trained_branch
 from familial.presets import resolve_model
 from server.records import read_rows
@@ -21,7 +22,7 @@ def root(tmp_path, monkeypatch):
 
 
 def test_three_branch_sizes_train_in_one_federation(root):
-    config = run_config(root, rule="flexlora")
+    config = run_config(root, rule="flexlora", **{"export-merged": True})
     simulate(config)
     rows = read_rows(root / "run")
     assert [row["round"] for row in rows] == [0, 1, 2]
@@ -53,6 +54,17 @@ def test_three_branch_sizes_train_in_one_federation(root):
         assert json.loads((exported / "adapter_config.json").read_text())["r"] == 8
         branch = load_trained_branch(spec, depth, exported, exits=[depth])
         assert branch.held_exits == [depth]
+
+    # Merged weights = base + (alpha / r) B A, under the plain model's names.
+    exported = root / "run" / "export" / "exit-2"
+    lora = load_file(exported / "adapter_model.safetensors")
+    merged = load_file(exported / "merged_model.safetensors")
+    base = load_branch(spec, 2, exits=[2]).state_dict()
+    prefix = "base_model.model.model.layers.1.mlp.up_proj"
+    delta = 2.0 * lora[f"{prefix}.lora_B.weight"] @ lora[f"{prefix}.lora_A.weight"]
+    weight = "model.layers.1.mlp.up_proj.weight"
+    np.testing.assert_allclose(merged[weight], base[weight].numpy() + delta, atol=1e-5)
+    assert np.abs(delta).max() > 1e-4
 
 
 def fail_device_training(msg: Message, context: Context, call_next):
