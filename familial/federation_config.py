@@ -23,7 +23,7 @@ class FederationConfig:
     model: str = "smollm2-135m"
     num_server_rounds: int = 3
     tier_mix: str = "device:2,edge:2,cloud:2"
-    rule: str = "fedit"
+    rule: str = "flexlora"
     codec: str = "fp32"
     lora_alpha_ratio: float = 2.0
     local_steps: int = 10
@@ -95,7 +95,7 @@ class FederationConfig:
         values: dict[str, Any] = {}
         for key, value in run_config.items():
             field = known[key]
-            kind = {"int": int, "float": float, "bool": bool, "str": str}[str(field.type)]
+            kind = {"int": int, "float": float, "bool": _bool, "str": str}[str(field.type)]
             try:
                 values[field.name] = kind(value)
             except (TypeError, ValueError):
@@ -103,6 +103,14 @@ class FederationConfig:
                     f"run-config {key} = {value!r} is not a {field.type}: fix its value."
                 ) from None
         return cls(**values)
+
+
+def _bool(value: object) -> bool:
+    if isinstance(value, str):
+        if value.lower() not in ("true", "false", "1", "0"):
+            raise ValueError(value)
+        return value.lower() in ("true", "1")
+    return bool(value)
 
 
 def _key(name: str) -> str:

@@ -1,0 +1,43 @@
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from familial.errors import FamflowError
+from familial.federation_config import FederationConfig
+
+PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
+
+
+def test_pyproject_run_config_is_every_field_with_its_default():
+    run_config = tomllib.loads(PYPROJECT.read_text())["tool"]["flwr"]["app"]["config"]
+    config = FederationConfig.from_run_config(run_config)
+    assert run_config == FederationConfig().to_run_config()
+    assert config.rule == "flexlora" and config.tier_counts() == [
+        ("device", 2),
+        ("edge", 2),
+        ("cloud", 2),
+    ]
+
+
+def test_tiers_follow_the_mix_in_partition_order():
+    config = FederationConfig(tier_mix="device:1,cloud:2")
+    assert [config.tier_of_partition(i) for i in range(4)] == ["device", "cloud", "cloud", "device"]
+
+
+@pytest.mark.parametrize(
+    ("run_config", "message"),
+    [
+        ({"rounds": 3}, r"Unknown run-config key\(s\) \['rounds'\]"),
+        ({"rule": "fedprox"}, "Unknown rule 'fedprox': use one of fedit, ffa, flexlora, hetlora."),
+        ({"codec": "int4"}, "Unknown codec 'int4'"),
+        ({"tier-mix": "device=2"}, "is not a list of tier:count pairs"),
+        ({"local-steps": 0}, "local-steps must be at least 1"),
+        ({"batch-size": "four"}, "run-config batch-size = 'four' is not a int"),
+        ({"export-merged": "maybe"}, "is not a bool"),
+        ({"fraction-train": 0.0}, r"fraction-train must be in \(0, 1\]"),
+    ],
+)
+def test_bad_run_config_is_one_sentence(run_config, message):
+    with pytest.raises(FamflowError, match=message):
+        FederationConfig.from_run_config(run_config)
