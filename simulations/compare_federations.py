@@ -1,0 +1,154 @@
+"""Compare federations of one family: rules, tier mixes, and centralized training.
+
+Each scenario is a Flower simulation (in-process ``run_simulation``, one 2-CPU client actor,
+so clients train one after another) of the run config in pyproject.toml with the scenario's
+changes; ``train-local`` trains the deepest branch centrally on the union of the same client
+partitions for the same total number of steps. The table gives the final held-out perplexity
+per exit, bytes per round per tier, wall time, and the share of round time spent outside
+client training (rounds after the first).
+
+    .venv/bin/python simulations/compare_federations.py --scenario mixed-flexlora \\
+        --scenario mixed-fedit --scenario device-only --set num-server-rounds=3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from familial.paths import REPO_ROOT
+
+SCENARIOS: dict[str, dict[str, Any]] = {
+    "mixed-fedit": {"rule": "fedit"},
+    "mixed-ffa": {"rule": "ffa"},
+    "mixed-flexlora": {"rule": "flexlora"},
+    "mixed-hetlora": {"rule": "hetlora"},
+    "device-only": {"tier-mix": "device:6"},
+    "mixed-int8": {"codec": "int8"},
+}
+
+
+def base_run_config() -> dict[str, Any]:
+    pyproject = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+    return dict(pyproject["tool"]["flwr"]["app"]["config"])
+
+
+def parse_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def federate(run_config: dict[str, Any]) -> dict[str, Any]:
+    from flwr.simulation import run_simulation
+
+    from clients.client_app import make_client_app
+    from familial.federation_config import FederationConfig
+    from server.records import read_rows
+    from server.server_app import make_server_app
+
+    nodes = sum(count for _, count in FederationConfig.from_run_config(run_config).tier_counts())
+    start = time.perf_counter()
+    run_simulation(
+        make_server_app(run_config),
+        make_client_app(run_config),
+        num_supernodes=nodes,
+        backend_config={"client_resources": {"num_cpus": 2, "num_gpus": 0.0}},
+    )
+    rows = read_rows(Path(run_config["out-dir"]))
+    later = [row for row in rows if row["round"] >= 2]
+    outside = [1 - row["train_seconds_sum"] / row["seconds"] for row in later if row["seconds"]]
+    tiers: dict[str, int] = {}
+    for node in rows[-1]["nodes"].values():
+        tiers[node["tier"]] = tiers.get(node["tier"], 0) + node["bytes_up"]
+    return {
+        "perplexity": {d: m["perplexity"] for d, m in rows[-1]["exits"].items()},
+        "before": {d: m["perplexity"] for d, m in rows[0]["exits"].items()},
+        "bytes_up_per_round": tiers,
+        "seconds": time.perf_counter() - start,
+        "outside_training": max(outside, default=float("nan")),
+    }
+
+
+def train_locally(run_config: dict[str, Any]) -> dict[str, Any]:
+    """The deepest branch trained centrally on the clients' partitions, same total steps."""
+    from clients.task import get_data
+    from familial.federation_config import FederationConfig
+    from familial.local_training import train_branch
+    from familial.lora import LoraSettings
+    from familial.presets import resolve_model
+    from familial.training import TrainConfig
+
+    config = FederationConfig.from_run_config(run_config)
+    nodes = sum(count for _, count in config.tier_counts())
+    splits = [get_data(config, partition) for partition in range(nodes)]
+    train_blocks = torch.cat([s.train for s in splits])
+    validation = torch.cat([s.validation[: config.eval_blocks] for s in splits])
+    spec = resolve_model(config.model)
+    steps = config.num_server_rounds * config.local_steps * nodes
+    train_config = TrainConfig(
+        steps=steps, batch_size=config.batch_size, lr=config.lr, min_lr_ratio=0.1, seed=config.seed
+    )
+    start = time.perf_counter()
+    metrics = train_branch(
+        spec,
+        spec.family.exits[-1],
+        train_blocks,
+        validation,
+        train_config,
+        LoraSettings(rank=16, alpha=config.lora_alpha_ratio * 16, seed=config.seed),
+        Path(config.out_dir),
+    )
+    return {
+        "perplexity": {d: m["perplexity"] for d, m in metrics["after"].items()},
+        "before": {d: m["perplexity"] for d, m in metrics["before"].items()},
+        "bytes_up_per_round": {},
+        "seconds": time.perf_counter() - start,
+        "outside_training": float("nan"),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--scenario", action="append", choices=[*SCENARIOS, "train-local"], required=True
+    )
+    parser.add_argument("--set", action="append", default=[], help="run-config key=value")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "runs" / "compare")
+    args = parser.parse_args()
+    overrides = dict(item.split("=", 1) for item in args.set)
+    results = {}
+    for name in args.scenario:
+        run_config = {**base_run_config(), **{k: parse_value(v) for k, v in overrides.items()}}
+        run_config |= SCENARIOS.get(name, {})
+        run_config["out-dir"] = str(args.out / name)
+        results[name] = (train_locally if name == "train-local" else federate)(run_config)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+
+    exits = sorted({d for r in results.values() for d in r["perplexity"]}, key=int)
+    print(
+        f"{'scenario':<16} "
+        + " ".join(f"{'ppl@' + d:>10}" for d in exits)
+        + f" {'bytes up/round by tier':>40} {'wall s':>8} {'outside':>8}"
+    )
+    for name, result in results.items():
+        ppl = " ".join(f"{result['perplexity'].get(d, float('nan')):>10.4g}" for d in exits)
+        tiers = ", ".join(
+            f"{t} {b / 1e6:.1f} MB" for t, b in sorted(result["bytes_up_per_round"].items())
+        )
+        print(
+            f"{name:<16} {ppl} {tiers:>40} {result['seconds']:>8.0f} "
+            f"{result['outside_training']:>8.1%}"
+        )
+
+
+if __name__ == "__main__":
+    main()
