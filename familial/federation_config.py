@@ -18,6 +18,7 @@ class FederationConfig:
     ``tier_mix`` lists the tiers of simulated nodes in partition order, as ``name:count``
     pairs (``device:2,edge:2,cloud:2``); a deployed node names its tier in its node config.
     A tier's LoRA uses ``alpha = lora_alpha_ratio * rank``, one scale for every rank.
+    Held-out evaluation runs before round 1, every ``evaluate_every`` rounds and after the last.
     """
 
     model: str = "smollm2-135m"
@@ -37,6 +38,7 @@ class FederationConfig:
     partition_by: str = "play"
     max_examples: int = 0
     eval_blocks: int = 32
+    evaluate_every: int = 1
     fraction_train: float = 1.0
     min_nodes: int = 2
     round_timeout: float = 600.0
@@ -51,7 +53,8 @@ class FederationConfig:
             raise FamflowError(f"Unknown rule {self.rule!r}: use one of {', '.join(RULES)}.")
         if self.codec not in CODECS:
             raise FamflowError(f"Unknown codec {self.codec!r}: use one of {', '.join(CODECS)}.")
-        for name in ("num_server_rounds", "local_steps", "batch_size", "seq_len", "min_nodes"):
+        positive = ("num_server_rounds", "local_steps", "batch_size", "seq_len", "min_nodes")
+        for name in (*positive, "evaluate_every"):
             if getattr(self, name) < 1:
                 raise FamflowError(f"{_key(name)} must be at least 1, got {getattr(self, name)}.")
         if not 0 < self.fraction_train <= 1:

@@ -127,11 +127,14 @@ def run_federation(grid: Grid, config: FederationConfig) -> list[dict[str, Any]]
         )
         aggregated, _ = strategy.aggregate_train(server_round, train_replies)
         record = aggregated if aggregated is not None else record
-        evaluate_replies = grid.send_and_receive(
-            strategy.configure_evaluate(server_round, record, ConfigRecord(), grid),
-            timeout=timeout,
-        )
-        evaluation = strategy.aggregate_evaluate(server_round, evaluate_replies)
+        evaluation = None
+        last = server_round == config.num_server_rounds
+        if last or server_round % config.evaluate_every == 0:
+            evaluate_replies = grid.send_and_receive(
+                strategy.configure_evaluate(server_round, record, ConfigRecord(), grid),
+                timeout=timeout,
+            )
+            evaluation = strategy.aggregate_evaluate(server_round, evaluate_replies)
         traffic = strategy.traffic[(server_round, MessageType.TRAIN)]
         row = round_row(
             server_round, plans, traffic, evaluation, train_replies, time.perf_counter() - start

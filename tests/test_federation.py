@@ -96,7 +96,10 @@ def test_failing_and_malicious_replies_are_dropped_and_the_round_goes_on(root):
 
 
 def test_resume_continues_at_the_next_round_with_identical_state(root):
-    simulate(run_config(root, **{"num-server-rounds": 3, "out-dir": str(root / "straight")}))
+    straight_run = {"out-dir": str(root / "straight"), "evaluate-every": 2}
+    simulate(run_config(root, **{"num-server-rounds": 3, **straight_run}))
+    evaluated = [bool(row["exits"]) for row in read_rows(root / "straight")]
+    assert evaluated == [True, False, True, True]  # before, every 2nd round, and the last
     checkpoints = root / "straight" / "checkpoints"
     (checkpoints / "round-3.json").rename(root / "round-3.json")  # as if stopped after round 2
     resumed_run = {"out-dir": str(root / "resumed"), "resume": str(checkpoints)}
