@@ -10,10 +10,22 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 
 from clients.task import get_branch, get_data, node_profile, receive, reply_arrays
+from familial.data import TokenSplits
 from familial.evaluation import evaluate
 from familial.federation_config import FederationConfig
+from familial.model import FamilialLM
 from familial.training import TrainConfig, train
 from strategies.records import from_record, to_record
+
+
+def received_branch(
+    config: FederationConfig, msg: Message, context: Context
+) -> tuple[FamilialLM, TokenSplits]:
+    """The node's cached branch with the server's slice applied, and the node's data."""
+    setup = msg.content["config"]
+    branch = get_branch(config, int(setup["exit"]), int(setup["rank"]), str(setup["device"]))
+    receive(config, branch, from_record(msg.content["arrays"]))
+    return branch, get_data(config, int(context.node_config.get("partition-id", 0)))
 
 
 def make_client_app(
@@ -34,9 +46,7 @@ def make_client_app(
     def train_branch(msg: Message, context: Context) -> Message:
         config = run_config(context)
         setup = msg.content["config"]
-        branch = get_branch(config, int(setup["exit"]), int(setup["rank"]), str(setup["device"]))
-        receive(config, branch, from_record(msg.content["arrays"]))
-        splits = get_data(config, int(context.node_config.get("partition-id", 0)))
+        branch, splits = received_branch(config, msg, context)
         settings = TrainConfig(
             steps=config.local_steps,
             batch_size=config.batch_size,
@@ -65,10 +75,7 @@ def make_client_app(
     @app.evaluate()
     def evaluate_branch(msg: Message, context: Context) -> Message:
         config = run_config(context)
-        setup = msg.content["config"]
-        branch = get_branch(config, int(setup["exit"]), int(setup["rank"]), str(setup["device"]))
-        receive(config, branch, from_record(msg.content["arrays"]))
-        splits = get_data(config, int(context.node_config.get("partition-id", 0)))
+        branch, splits = received_branch(config, msg, context)
         results = evaluate(branch, splits.validation[: config.eval_blocks])
         metrics: dict[str, float] = {"num-tokens": next(iter(results.values())).tokens}
         for depth, exit_metrics in results.items():

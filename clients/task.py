@@ -11,7 +11,7 @@ from familial.codecs import decode, encode
 from familial.data import DataConfig, TokenSplits, prepare_data
 from familial.errors import FamflowError
 from familial.federation_config import FederationConfig
-from familial.hardware import detected_memory_gb, get_tier, resolve_device
+from familial.hardware import GIB, detected_memory_gb, get_tier, resolve_device
 from familial.loading import load_branch
 from familial.lora import LoraSettings, attach_lora, load_trainable_state, trainable_state
 from familial.model import FamilialLM
@@ -19,7 +19,6 @@ from familial.presets import ModelSpec, resolve_model
 from familial.sizing import largest_fitting_branch
 from familial.tokenizer import load_tokenizer
 
-GIB = 1024**3
 # Each ClientApp process keeps its branch and data between messages (simulation reuses them).
 _BRANCHES: dict[tuple[Any, ...], FamilialLM] = {}
 _DATA: dict[tuple[Any, ...], TokenSplits] = {}

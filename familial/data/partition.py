@@ -76,7 +76,8 @@ def partition_count(config: DataConfig, dataset: Dataset) -> int:
 def load_partition(config: DataConfig, dataset: Dataset, partition_id: int) -> Dataset:
     """Partition ``partition_id`` of ``dataset``, the same in every process for one config."""
     partitioner = make_partitioner(config, dataset)
-    count = partition_count(config, dataset)
+    # Counted on this partitioner: a second natural partitioner would index the corpus again.
+    count = partitioner.num_partitions if config.partitioner == "natural" else config.num_partitions
     if not 0 <= partition_id < count:
         raise FamflowError(
             f"Partition {partition_id} does not exist: {_split_name(config, dataset)} has "
