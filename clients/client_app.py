@@ -10,6 +10,7 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 
 from clients.task import get_branch, get_data, node_profile, receive, reply_arrays
+from familial.calibration import lens_statistics
 from familial.data import TokenSplits
 from familial.evaluation import evaluate
 from familial.federation_config import FederationConfig
@@ -41,6 +42,20 @@ def make_client_app(
     def profile(msg: Message, context: Context) -> Message:
         profile = node_profile(run_config(context), dict(context.node_config))
         return Message(RecordDict({"profile": ConfigRecord(profile)}), reply_to=msg)
+
+    @app.query("calibrate")
+    def calibrate(msg: Message, context: Context) -> Message:
+        config = run_config(context)
+        branch, splits = received_branch(config, msg, context)
+        statistics = lens_statistics(branch, splits.train[: config.calibration_blocks])
+        arrays = {}
+        metrics: dict[str, int] = {}
+        for depth, stats in statistics.items():
+            arrays[f"exit.{depth}.lens.gram"] = stats.gram
+            arrays[f"exit.{depth}.lens.cross"] = stats.cross
+            metrics[f"tokens-exit-{depth}"] = stats.tokens
+        content = {"arrays": to_record(arrays), "metrics": MetricRecord(metrics)}
+        return Message(RecordDict(content), reply_to=msg)
 
     @app.train()
     def train_branch(msg: Message, context: Context) -> Message:

@@ -19,6 +19,8 @@ class FederationConfig:
     pairs (``device:2,edge:2,cloud:2``); a deployed node names its tier in its node config.
     A tier's LoRA uses ``alpha = lora_alpha_ratio * rank``, one scale for every rank.
     Held-out evaluation runs before round 1, every ``evaluate_every`` rounds and after the last.
+    ``calibrate_exits`` fits the shallow exits' full translators in closed form before round 1,
+    from statistics of ``calibration_blocks`` training blocks per node holding the deepest exit.
     """
 
     model: str = "smollm2-135m"
@@ -33,6 +35,8 @@ class FederationConfig:
     lr: float = 2e-3
     distill_weight: float = 0.0
     train_exit_adapters: bool = True
+    calibrate_exits: bool = True
+    calibration_blocks: int = 32
     dataset: str = "shakespeare"
     partitioner: str = "natural"
     partition_by: str = "play"
@@ -54,7 +58,7 @@ class FederationConfig:
         if self.codec not in CODECS:
             raise FamflowError(f"Unknown codec {self.codec!r}: use one of {', '.join(CODECS)}.")
         positive = ("num_server_rounds", "local_steps", "batch_size", "seq_len", "min_nodes")
-        for name in (*positive, "evaluate_every"):
+        for name in (*positive, "evaluate_every", "calibration_blocks"):
             if getattr(self, name) < 1:
                 raise FamflowError(f"{_key(name)} must be at least 1, got {getattr(self, name)}.")
         if not 0 < self.fraction_train <= 1:

@@ -13,6 +13,7 @@ from flwr.app import ConfigRecord, Message, MessageType, MetricRecord
 from flwr.serverapp import Grid
 
 from familial.federation_config import FederationConfig
+from server.calibration import calibrate_translators
 from server.checkpoints import load_checkpoint, save_checkpoint
 from server.export import export_branches
 from server.plans import initial_global_state, node_plans
@@ -106,17 +107,18 @@ def run_federation(grid: Grid, config: FederationConfig) -> list[dict[str, Any]]
     )
     strategy.summary()
     recorder = RoundRecorder(out)
-    record = to_record(arrays)
     timeout = config.round_timeout
+    calibration = RoundTraffic()
+    if start_round == 1 and config.calibrate_exits:
+        arrays, calibration = calibrate_translators(grid, strategy, config, arrays)
+    record = to_record(arrays)
     if start_round == 1:
         replies = grid.send_and_receive(
             strategy.configure_evaluate(0, record, ConfigRecord(), grid), timeout=timeout
         )
         evaluation = strategy.aggregate_evaluate(0, replies)
-        traffic = strategy.traffic[(0, MessageType.EVALUATE)]
-        recorder.record(
-            round_row(0, plans, RoundTraffic(dropped=traffic.dropped), evaluation, [], 0.0)
-        )
+        calibration.dropped |= strategy.traffic[(0, MessageType.EVALUATE)].dropped
+        recorder.record(round_row(0, plans, calibration, evaluation, [], 0.0))
     for server_round in range(start_round, config.num_server_rounds + 1):
         start = time.perf_counter()
         train_replies = list(

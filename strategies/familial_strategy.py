@@ -129,6 +129,17 @@ class FamilialStrategy(Strategy):
     ) -> Iterable[Message]:
         return self._messages(server_round, arrays, config, MessageType.EVALUATE, self.plans)
 
+    def configure_query(
+        self,
+        server_round: int,
+        arrays: ArrayRecord,
+        config: ConfigRecord,
+        nodes: Iterable[int],
+        message_type: str,
+    ) -> list[Message]:
+        """Messages of another type (``query.calibrate``) to ``nodes``, each with its slice."""
+        return self._messages(server_round, arrays, config, message_type, nodes)
+
     def _usable(self, server_round: int, kind: str, replies: Iterable[Message]) -> list[Message]:
         """Replies without errors, from planned nodes; the rest are dropped with a reason."""
         traffic = self.traffic.setdefault((server_round, kind), RoundTraffic())

@@ -20,8 +20,7 @@ kind = "random"
 exits = [1, 2, 4]
 [family.adapters]
 norm = true
-translator = "low-rank"
-translator_rank = 4
+translator = "full"
 [config]
 model_type = "llama"
 vocab_size = 256

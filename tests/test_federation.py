@@ -2,13 +2,20 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from flwr.app import Context, Message
+from peft import PeftModel
 from safetensors.numpy import load_file
+from transformers import AutoModelForCausalLM
 
-from familial.loading import load_branch
+from clients.task import get_data
+from familial.calibration import lens_statistics, solve_translator
+from familial.federation_config import FederationConfig
+from familial.loading import _random_state_dict, load_branch
 from familial.local_training import load_trained_branch
 from familial.presets import resolve_model
 from server.records import read_rows
+from tests.conftest import truncated
 from tests.federation_setup import run_config, simulate, write_federation_files
 
 pytestmark = pytest.mark.slow
@@ -65,6 +72,41 @@ def test_three_branch_sizes_train_in_one_federation(root):
     weight = "model.layers.1.mlp.up_proj.weight"
     np.testing.assert_allclose(merged[weight], base[weight].numpy() + delta, atol=1e-5)
     assert np.abs(delta).max() > 1e-4
+
+    # PEFT loads the export onto the plain HF model cut to the branch: the merged weights agree.
+    hf = AutoModelForCausalLM.from_config(spec.base_config())
+    hf.load_state_dict(_random_state_dict(spec))
+    tokens = torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(0))
+    plain = truncated(hf, 2)
+    peft_logits = PeftModel.from_pretrained(truncated(hf, 2), exported).eval()(tokens).logits
+    assert not torch.allclose(peft_logits, plain(tokens).logits, atol=1e-4)
+    plain.load_state_dict({k: torch.from_numpy(v) for k, v in merged.items()}, strict=False)
+    torch.testing.assert_close(peft_logits, plain(tokens).logits, atol=1e-4, rtol=1e-4)
+
+
+def test_calibration_solves_the_summed_statistics_of_the_deepest_branch_holders(root):
+    # lr so small that round 1 leaves the calibrated translators as they were.
+    mix = {"tier-mix": "device:1,edge:1,cloud:2", "min-nodes": 4, "num-server-rounds": 1}
+    config = run_config(root, lr=1e-12, **mix)
+    simulate(config, nodes=4)
+    setup = read_rows(root / "run")[0]
+    uploads = {n["tier"]: n["bytes_up"] for n in setup["nodes"].values() if n["bytes_up"]}
+    assert set(uploads) == {"cloud"}
+
+    federation = FederationConfig.from_run_config(config)
+    family = load_branch("tiny3")
+    blocks = [
+        get_data(federation, cloud).train[: federation.calibration_blocks] for cloud in (2, 3)
+    ]
+    first, second = (lens_statistics(family, b) for b in blocks)
+    checkpoint = load_file(root / "run" / "checkpoints" / "round-1.safetensors")
+    for depth in (1, 2):
+        weight, bias = solve_translator(first[depth] + second[depth])
+        key = f"exit.{depth}.translator.proj"
+        np.testing.assert_allclose(checkpoint[f"{key}.weight"], weight, atol=1e-5)
+        np.testing.assert_allclose(checkpoint[f"{key}.bias"], bias, atol=1e-5)
+        assert np.abs(weight - np.eye(32)).max() > 1e-2
+    np.testing.assert_allclose(checkpoint["exit.4.translator.proj.weight"], np.eye(32), atol=1e-6)
 
 
 def fail_device_training(msg: Message, context: Context, call_next):
