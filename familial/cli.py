@@ -12,6 +12,7 @@ from familial.argtypes import positive_int
 from familial.data.cli import add_data_parser
 from familial.errors import FamflowError
 from familial.train_cli import add_train_parsers
+from simulations.comm_cli import add_comm_parser
 
 logger = logging.getLogger("famflow")
 
@@ -115,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_data_parser(sub)
     add_train_parsers(sub)
+    add_comm_parser(sub)
     return parser
 
 

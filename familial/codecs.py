@@ -3,8 +3,10 @@
 ``encode`` turns named float arrays into what is sent; ``decode`` turns a received payload back
 into float32 and refuses a malformed one (it comes from an untrusted peer) with one sentence.
 bf16 travels as the int16 bit pattern (numpy has no bfloat16). int8 is symmetric: a 2-D array
-gets one scale per row (max |row| / 127, 1 for a zero row), any other array one scale; the
-scales travel as float32 arrays under ``key + SCALE_SUFFIX``, which no canonical name can hold.
+gets one scale per row (max |row| / 127, 1 for a zero row), except a LoRA ``B`` (``out x r``),
+which gets one per column, that is per rank component, so that its scales stay r and not
+``out``; any other array gets one scale. The scales travel as float32 arrays under
+``key + SCALE_SUFFIX``, which no canonical name can hold.
 """
 
 from __future__ import annotations
@@ -28,18 +30,35 @@ def _check_codec(codec: str) -> None:
         raise FamflowError(f"Unknown codec {codec!r}: use one of {', '.join(CODECS)}.")
 
 
-def _int8_scale_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
-    """One scale per row of a matrix, one for anything else."""
-    return (shape[0],) if len(shape) == 2 else (1,)
+def _int8_scale_axis(key: str, ndim: int) -> int | None:
+    """The axis a matrix's scales run along (None: one scale for the whole array)."""
+    if ndim != 2:
+        return None
+    return 1 if key.endswith(".B") else 0
+
+
+def int8_scale_shape(key: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape of the int8 scales of the array ``key`` of ``shape``."""
+    axis = _int8_scale_axis(key, len(shape))
+    return (1,) if axis is None else (shape[axis],)
+
+
+def _shaped_scale(key: str, scale: np.ndarray, ndim: int) -> np.ndarray:
+    """Scales shaped to broadcast against their array."""
+    axis = _int8_scale_axis(key, ndim)
+    if axis is None:
+        return scale[0]
+    return scale.reshape(-1, 1) if axis == 0 else scale.reshape(1, -1)
 
 
 def _encode_int8(key: str, values: np.ndarray) -> Arrays:
-    if values.ndim == 2:
-        peak = np.max(np.abs(values), axis=1, initial=0.0)
-    else:
+    axis = _int8_scale_axis(key, values.ndim)
+    if axis is None:
         peak = np.array([np.max(np.abs(values), initial=0.0)], dtype=np.float32)
+    else:
+        peak = np.max(np.abs(values), axis=1 - axis, initial=0.0)
     scale = np.where(peak > 0, peak / INT8_MAX, 1.0).astype(np.float32)
-    shaped = scale.reshape(-1, 1) if values.ndim == 2 else scale[0]
+    shaped = _shaped_scale(key, scale, values.ndim)
     quantized = np.clip(np.rint(values / shaped), -INT8_MAX, INT8_MAX).astype(np.int8)
     return {key: quantized, key + SCALE_SUFFIX: scale}
 
@@ -131,7 +150,7 @@ def _decode_int8(key: str, quantized: np.ndarray, encoded: Arrays) -> np.ndarray
     if scale_key not in encoded:
         raise FamflowError(f"Payload for {key} has no {scale_key}: int8 needs its scales.")
     scale = _wire_array(scale_key, encoded[scale_key], "int8", np.float32)
-    expected = _int8_scale_shape(quantized.shape)
+    expected = int8_scale_shape(key, quantized.shape)
     if scale.shape != expected:
         raise FamflowError(
             f"Payload for {key} has shape {quantized.shape} but scales of shape {scale.shape} "
@@ -139,7 +158,7 @@ def _decode_int8(key: str, quantized: np.ndarray, encoded: Arrays) -> np.ndarray
         )
     if not (np.isfinite(scale).all() and (scale > 0).all()):
         raise FamflowError(f"Payload scales for {key} are not finite and positive: drop it.")
-    shaped = scale.reshape(-1, 1) if quantized.ndim == 2 else scale[0]
+    shaped = _shaped_scale(key, scale, quantized.ndim)
     return (quantized.astype(np.float32) * shaped).astype(np.float32)
 
 

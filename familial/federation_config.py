@@ -41,7 +41,7 @@ class FederationConfig:
     partitioner: str = "natural"
     partition_by: str = "play"
     max_examples: int = 0
-    eval_blocks: int = 32
+    eval_blocks: int = 8
     evaluate_every: int = 1
     fraction_train: float = 1.0
     min_nodes: int = 2

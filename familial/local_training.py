@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from familial.calibration import calibrate
 from familial.errors import FamflowError
 from familial.evaluation import ExitMetrics, evaluate
 from familial.family_io import ADAPTERS_FILE, save_exit_adapters
@@ -42,16 +43,22 @@ def train_branch(
     lora: LoraSettings | None,
     out_dir: Path,
     adapters: Path | None = None,
+    calibration_blocks: int = 0,
 ) -> dict[str, Any]:
     """Train branch ``exit_depth`` and write its adapters and ``metrics.json`` into ``out_dir``.
 
     ``lora`` None trains exit adapters only, with the trunk frozen (``famflow familialize``).
+    ``calibration_blocks`` > 0 first fits the shallow exits' full translators in closed form on
+    that many training blocks (``familial.calibration``); ``before`` is measured ahead of it.
     """
     branch = load_branch(spec, exit_depth, adapters=adapters)
     if lora is not None:
         attach_lora(branch, lora)
     before = evaluate(branch, validation_blocks)
     logger.info("branch %s before: %s", exit_depth, _summary(before))
+    if calibration_blocks:
+        fitted = calibrate(branch, train_blocks[:calibration_blocks])
+        logger.info("branch %s: calibrated the translators of exits %s", exit_depth, fitted)
     result = train(branch, train_blocks, config)
     after = evaluate(branch, validation_blocks)
     logger.info("branch %s after: %s", exit_depth, _summary(after))

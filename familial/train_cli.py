@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from familial.argtypes import positive_int
+from familial.argtypes import non_negative_int, positive_int
 from familial.errors import FamflowError
 
 if TYPE_CHECKING:
@@ -43,6 +43,12 @@ def _add_common(parser: argparse.ArgumentParser, out: str) -> None:
     train.add_argument("--temperature", type=float, default=1.0)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--eval-blocks", type=positive_int, default=64)
+    train.add_argument(
+        "--calibration-blocks",
+        type=non_negative_int,
+        default=64,
+        help="fit shallow exits' full translators in closed form first (0: off)",
+    )
     parser.add_argument("--adapters", type=Path, default=None, help="start from exit adapters")
     parser.add_argument("--out", type=Path, default=Path(out), help=f"output (default {out})")
 
@@ -117,7 +123,15 @@ def _run(
     for depth in branches:
         out = args.out if len(branches) == 1 else args.out / f"branch-{depth}"
         metrics = train_branch(
-            spec, depth, splits.train, validation, train_config, lora, out, args.adapters
+            spec,
+            depth,
+            splits.train,
+            validation,
+            train_config,
+            lora,
+            out,
+            args.adapters,
+            args.calibration_blocks,
         )
         summary[str(depth)] = metrics
         train = metrics["train"]

@@ -9,6 +9,7 @@ from typing import Any
 from torch.utils.tensorboard import SummaryWriter
 
 METRICS_FILE = "metrics.jsonl"
+BYTES = ("bytes_up", "bytes_down")
 
 
 class RoundRecorder:
@@ -18,6 +19,9 @@ class RoundRecorder:
         out_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_file = out_dir / METRICS_FILE
         self.writer = SummaryWriter(log_dir=str(out_dir / "tensorboard"))
+        # Bytes since the run began, continued from the rows already there (resume).
+        earlier = read_rows(out_dir)
+        self.cumulative = {name: sum(r.get(name, 0) for r in earlier) for name in BYTES}
 
     def record(self, row: dict[str, Any]) -> None:
         with self.metrics_file.open("a") as file:
@@ -29,6 +33,9 @@ class RoundRecorder:
         for name in ("bytes_up", "bytes_down", "seconds", "train_seconds_max"):
             if name in row:
                 self.writer.add_scalar(f"round/{name}", row[name], step)
+        for name in BYTES:
+            self.cumulative[name] += row.get(name, 0)
+            self.writer.add_scalar(f"cumulative/{name}", self.cumulative[name], step)
         self.writer.flush()
 
     def close(self) -> None:

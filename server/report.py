@@ -11,7 +11,7 @@ def format_report(rows: list[dict[str, Any]], config: FederationConfig) -> str:
     exits = sorted({depth for row in rows for depth in row["exits"]}, key=int)
     tiers = sorted({node["tier"] for row in rows for node in row["nodes"].values()})
     header = ["round"] + [f"ppl@{d}" for d in exits]
-    header += [f"{tier} up/down KB" for tier in tiers] + ["seconds"]
+    header += [f"{tier} up/down KB" for tier in tiers] + ["seconds", "in training"]
     lines = [
         f"famflow: {config.model}, rule {config.rule}, codec {config.codec}, "
         f"{config.num_server_rounds} rounds x {config.local_steps} local steps",
@@ -26,6 +26,10 @@ def format_report(rows: list[dict[str, Any]], config: FederationConfig) -> str:
             down = sum(n["bytes_down"] for n in nodes) / 1e3
             cells.append(f"{up:,.0f}/{down:,.0f}")
         cells.append(f"{row['seconds']:.1f}")
+        # Clients of a simulation on a small machine run one after another: the share of the
+        # round spent inside client training, the rest being evaluation, transfers and server.
+        busy = row.get("train_seconds_sum", 0.0) / row["seconds"] if row["seconds"] else 0.0
+        cells.append(f"{busy:.0%}" if row["round"] else "-")
         lines.append(" | ".join(cells))
     return "\n".join(lines)
 

@@ -3,9 +3,11 @@
 Each scenario is a Flower simulation (in-process ``run_simulation``, one 2-CPU client actor,
 so clients train one after another) of the run config in pyproject.toml with the scenario's
 changes; ``train-local`` trains the deepest branch centrally on the union of the same client
-partitions for the same total number of steps. The table gives the final held-out perplexity
-per exit, bytes per round per tier, wall time, and the share of round time spent outside
-client training (rounds after the first).
+partitions for the same total number of steps. The table gives the final perplexity per exit
+on the union of every node's held-out blocks (each exported exit evaluated once, so scenarios
+compare on the same tokens; results.json also keeps the federation's own per-node means),
+bytes per round per tier, wall time, and the largest share of a round spent outside client
+training (rounds after the first).
 
     .venv/bin/python simulations/compare_federations.py --scenario mixed-flexlora \\
         --scenario mixed-fedit --scenario device-only --set num-server-rounds=3
@@ -46,6 +48,32 @@ def parse_value(text: str) -> Any:
         return text
 
 
+def union_validation(config: Any) -> torch.Tensor:
+    """The first ``eval_blocks`` held-out blocks of every node's partition, one tensor."""
+    from clients.task import get_data
+
+    nodes = sum(count for _, count in config.tier_counts())
+    return torch.cat([get_data(config, p).validation[: config.eval_blocks] for p in range(nodes)])
+
+
+def exported_perplexity(run_config: dict[str, Any]) -> dict[str, float]:
+    """Every exported exit evaluated on the union of the nodes' held-out blocks."""
+    from familial.evaluation import evaluate
+    from familial.federation_config import FederationConfig
+    from familial.local_training import load_trained_branch
+    from familial.presets import resolve_model
+
+    config = FederationConfig.from_run_config(run_config)
+    spec = resolve_model(config.model)
+    blocks = union_validation(config)
+    perplexity = {}
+    for depth in spec.family.exits:
+        export = Path(config.out_dir) / "export" / f"exit-{depth}"
+        branch = load_trained_branch(spec, depth, export, exits=[depth])
+        perplexity[str(depth)] = evaluate(branch, blocks)[depth].perplexity
+    return perplexity
+
+
 def federate(run_config: dict[str, Any]) -> dict[str, Any]:
     from flwr.simulation import run_simulation
 
@@ -74,12 +102,17 @@ def federate(run_config: dict[str, Any]) -> dict[str, Any]:
         "bytes_up_per_round": tiers,
         "seconds": time.perf_counter() - start,
         "outside_training": max(outside, default=float("nan")),
+        "union": exported_perplexity(run_config),
     }
 
 
-def train_locally(run_config: dict[str, Any]) -> dict[str, Any]:
-    """The deepest branch trained centrally on the clients' partitions, same total steps."""
-    from clients.task import get_data
+def train_locally(run_config: dict[str, Any], steps: int | None = None) -> dict[str, Any]:
+    """The deepest branch trained centrally on the clients' partitions.
+
+    ``steps`` defaults to the federation's total: rounds x local steps x nodes. The translators
+    are calibrated first on as many blocks as the federation's deepest-branch holders use.
+    """
+    from clients.task import get_data, node_profile
     from familial.federation_config import FederationConfig
     from familial.local_training import train_branch
     from familial.lora import LoraSettings
@@ -87,12 +120,16 @@ def train_locally(run_config: dict[str, Any]) -> dict[str, Any]:
     from familial.training import TrainConfig
 
     config = FederationConfig.from_run_config(run_config)
-    nodes = sum(count for _, count in config.tier_counts())
-    splits = [get_data(config, partition) for partition in range(nodes)]
-    train_blocks = torch.cat([s.train for s in splits])
-    validation = torch.cat([s.validation[: config.eval_blocks] for s in splits])
     spec = resolve_model(config.model)
-    steps = config.num_server_rounds * config.local_steps * nodes
+    nodes = sum(count for _, count in config.tier_counts())
+    train_blocks = torch.cat([get_data(config, partition).train for partition in range(nodes)])
+    validation = union_validation(config)
+    steps = steps or config.num_server_rounds * config.local_steps * nodes
+    deepest = spec.family.exits[-1]
+    holders = sum(
+        node_profile(config, {"partition-id": p})["exit"] == deepest for p in range(nodes)
+    )
+    calibration_blocks = config.calibration_blocks * holders if config.calibrate_exits else 0
     train_config = TrainConfig(
         steps=steps, batch_size=config.batch_size, lr=config.lr, min_lr_ratio=0.1, seed=config.seed
     )
@@ -105,10 +142,13 @@ def train_locally(run_config: dict[str, Any]) -> dict[str, Any]:
         train_config,
         LoraSettings(rank=16, alpha=config.lora_alpha_ratio * 16, seed=config.seed),
         Path(config.out_dir),
+        calibration_blocks=calibration_blocks,
     )
+    perplexity = {d: m["perplexity"] for d, m in metrics["after"].items()}
     return {
-        "perplexity": {d: m["perplexity"] for d, m in metrics["after"].items()},
+        "perplexity": perplexity,
         "before": {d: m["perplexity"] for d, m in metrics["before"].items()},
+        "union": perplexity,
         "bytes_up_per_round": {},
         "seconds": time.perf_counter() - start,
         "outside_training": float("nan"),
@@ -121,6 +161,9 @@ def main() -> None:
         "--scenario", action="append", choices=[*SCENARIOS, "train-local"], required=True
     )
     parser.add_argument("--set", action="append", default=[], help="run-config key=value")
+    parser.add_argument(
+        "--train-local-steps", type=int, default=None, help="default: rounds x local steps x nodes"
+    )
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "runs" / "compare")
     args = parser.parse_args()
     overrides = dict(item.split("=", 1) for item in args.set)
@@ -129,18 +172,21 @@ def main() -> None:
         run_config = {**base_run_config(), **{k: parse_value(v) for k, v in overrides.items()}}
         run_config |= SCENARIOS.get(name, {})
         run_config["out-dir"] = str(args.out / name)
-        results[name] = (train_locally if name == "train-local" else federate)(run_config)
+        if name == "train-local":
+            results[name] = train_locally(run_config, args.train_local_steps)
+        else:
+            results[name] = federate(run_config)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
 
-    exits = sorted({d for r in results.values() for d in r["perplexity"]}, key=int)
+    exits = sorted({d for r in results.values() for d in r["union"]}, key=int)
     print(
         f"{'scenario':<16} "
         + " ".join(f"{'ppl@' + d:>10}" for d in exits)
         + f" {'bytes up/round by tier':>40} {'wall s':>8} {'outside':>8}"
     )
     for name, result in results.items():
-        ppl = " ".join(f"{result['perplexity'].get(d, float('nan')):>10.4g}" for d in exits)
+        ppl = " ".join(f"{result['union'].get(d, float('nan')):>10.4g}" for d in exits)
         tiers = ", ".join(
             f"{t} {b / 1e6:.1f} MB" for t, b in sorted(result["bytes_up_per_round"].items())
         )

@@ -16,7 +16,7 @@ def update(seed=0):
         B: (1e-3 * rng.standard_normal((48, 8))).astype(np.float32),
         NORM: (1 + 0.1 * rng.standard_normal(64)).astype(np.float32),
     }
-    arrays[B][5] = 0.0  # a zero row (scale 1 under int8)
+    arrays[B][:, 5] = 0.0  # a zero rank component (scale 1 under int8)
     arrays[A][2] *= 100  # rows of very different magnitudes
     return arrays
 
@@ -40,13 +40,15 @@ def test_round_trip_within_the_codec_error(codec):
             assert (error <= 1e-2 * np.abs(value)).all()
             assert (error > 0).any()
         else:
-            rows = value.reshape(value.shape[0], -1) if value.ndim == 2 else value.reshape(1, -1)
+            # Scales per row of A, per column (rank component) of B, one for a vector.
+            rows = {A: value, B: value.T}.get(key, value.reshape(1, -1))
             scale = np.abs(rows).max(axis=1) / 127
             scale[scale == 0] = 1.0
             bound = (scale / 2 * (1 + 1e-6))[:, None]
-            assert (np.abs(got.reshape(rows.shape) - rows) <= bound).all(), key
+            got_rows = got.T if key == B else got.reshape(rows.shape)
+            assert (np.abs(got_rows - rows) <= bound).all(), key
     if codec == "int8":
-        assert_array_equal(decoded[B][5], 0.0)
+        assert_array_equal(decoded[B][:, 5], 0.0)
         # Per row: the small rows of A keep their precision despite the large row 2.
         assert np.abs(decoded[A][0] - arrays[A][0]).max() < np.abs(arrays[A][2]).max() / 254 / 10
 
@@ -66,9 +68,10 @@ def test_bytes_on_the_wire():
     assert encoded_bytes(encode(arrays, "fp16")) * 2 == full
     assert encoded_bytes(encode(arrays, "bf16")) * 2 == full
     int8 = encode(arrays, "int8")
-    scales = 4 * (8 + 48 + 1)  # one float32 per row of A and B, one for the norm
+    scales = 4 * (8 + 8 + 1)  # one float32 per rank component of A and of B, one for the norm
     assert encoded_bytes(int8) == full // 4 + scales
-    assert int8[A + SCALE_SUFFIX].shape == (8,) and int8[NORM + SCALE_SUFFIX].shape == (1,)
+    assert int8[A + SCALE_SUFFIX].shape == int8[B + SCALE_SUFFIX].shape == (8,)
+    assert int8[NORM + SCALE_SUFFIX].shape == (1,)
 
 
 def test_unknown_codec_and_unsendable_values_are_refused():
