@@ -15,7 +15,7 @@ from familial.lora import attach_lora, trainable_state
 from strategies.familial_strategy import NodePlan
 
 logger = logging.getLogger("famflow.server")
-HETEROGENEOUS_RULES = ("flexlora", "hetlora")
+HETEROGENEOUS_RULES = ("ffa", "flexlora", "hetlora")
 
 
 def branch_keys(config: FederationConfig, exit_depth: int, rank: int) -> tuple[str, ...]:
@@ -30,7 +30,7 @@ def branch_keys(config: FederationConfig, exit_depth: int, rank: int) -> tuple[s
 def node_plans(
     config: FederationConfig, profiles: dict[int, dict[str, Any]]
 ) -> dict[int, NodePlan]:
-    """One plan per profiled node; fedit and ffa put every node at the largest rank."""
+    """One plan per profiled node; fedit puts every node at the largest rank."""
     ranks = {int(p["rank"]) for p in profiles.values()}
     if config.rule not in HETEROGENEOUS_RULES and len(ranks) > 1:
         logger.info("%s needs one LoRA rank: every node trains rank %d", config.rule, max(ranks))

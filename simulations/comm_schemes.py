@@ -26,7 +26,7 @@ from familial.sizing import branch_size, largest_fitting_branch
 from simulations.comm_wire import FamilyShapes, Wire, message_bytes
 
 # Rules whose nodes keep their tier's rank (server.plans.HETEROGENEOUS_RULES; a test checks).
-HETEROGENEOUS_RULES = ("flexlora", "hetlora")
+HETEROGENEOUS_RULES = ("ffa", "flexlora", "hetlora")
 DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 TOTAL = "total"
 

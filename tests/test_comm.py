@@ -112,13 +112,13 @@ def test_ruyi_7b_figures_match_lora_per_layer_and_full_gradients():
     assert 3_400 < e3b.full_gradient_ratio < 3_600
     assert 320 < by[("famflow", "flexlora", "fp16", "E7B")].full_gradient_ratio < 340
     assert 370 < by[("lora-dense", "fedit", "fp16", "E7B")].full_gradient_ratio < 390
-    # ffa puts every node at rank 16; int8 adds one fp32 scale per rank component of each B.
+    # ffa keeps each tier's rank and sends only B; int8 adds one fp32 scale per rank component.
     ffa_e3b = by[("famflow", "ffa", "int8", "E3B")]
-    scales = 12 * 7 * 16 * 4
-    assert ffa_e3b.up_per_client == 12 * 16 * RUYI_B_PER_RANK_AND_LAYER + scales
+    scales = 12 * 7 * 4 * 4
+    assert ffa_e3b.up_per_client == 12 * 4 * RUYI_B_PER_RANK_AND_LAYER + scales
     assert [
         round(by[("famflow", "ffa", "int8", t)].full_gradient_ratio) for t in ("E3B", "E7B")
-    ] == [3193, 1197]
+    ] == [12771, 1197]
 
 
 def test_comm_prints_a_table_json_csv_and_a_plot(root, capsys):

@@ -9,7 +9,13 @@ from transformers import AutoModelForCausalLM
 from familial import ExitAdapterConfig, FamflowError
 from familial.family_io import save_exit_adapters
 from familial.loading import _random_state_dict, load_branch
-from familial.lora import LoraSettings, attach_lora, load_trainable_state, trainable_state
+from familial.lora import (
+    LoraSettings,
+    attach_lora,
+    load_trainable_state,
+    lora_state,
+    trainable_state,
+)
 from familial.peft_export import load_peft_adapter, save_peft_adapter
 from familial.presets import spec_from_path
 from familial.sizing import DEFAULT_LORA_TARGETS
@@ -154,3 +160,13 @@ def test_peft_adapter_reloads_only_onto_its_branch(tokens, tmp_path):
         load_peft_adapter(
             attach_lora(load_branch(spec, 2), LoraSettings(rank=8)), tmp_path / "adapter"
         )
+
+
+def test_shared_seed_a_of_a_lower_rank_is_the_leading_rows_of_a_higher_rank():
+    # What makes heterogeneous-rank FFA exact: rank-r clients hold the first r rows of A.
+    spec = random_spec([2, 4])
+    low = lora_state(attach_lora(load_branch(spec, 2), LoraSettings(rank=4, freeze_a=True)))
+    high = lora_state(attach_lora(load_branch(spec, 4), LoraSettings(rank=16, freeze_a=True)))
+    for key, value in low.items():
+        if key.endswith(".A"):
+            assert_close(value, high[key][:4], rtol=0, atol=0)

@@ -64,7 +64,7 @@ def client_updates(ranks=(GLOBAL_RANK,) * 3, scales=(2.0, 2.0, 2.0), seed=1, fro
     for depth, rank, scale, examples in zip((2, 4, 4), ranks, scales, EXAMPLES, strict=True):
         arrays = random_state(rng, shapes(depth, rank))
         if frozen_a is not None:
-            arrays.update({k: frozen_a[k].copy() for k in arrays if k.endswith(".A")})
+            arrays.update({k: frozen_a[k][:rank].copy() for k in arrays if k.endswith(".A")})
         updates.append(ClientUpdate(arrays, examples, rank, scale))
     return updates
 
@@ -127,14 +127,14 @@ def test_fedit_averages_factors_separately():
     assert_array_equal(sliced[f"{module(1)}.B"], new[f"{module(1)}.B"])
 
 
-@pytest.mark.parametrize("rule", [FedIT(), FFA()])
-def test_single_rank_rules_refuse_mixed_ranks(rule):
+def test_fedit_refuses_mixed_ranks():
+    rule = FedIT()
     g = global_state(rank=4)
     updates = client_updates(ranks=(4, 8, 8))
     with pytest.raises(
         FamflowError,
         match=rf"^{rule.name} needs one LoRA rank for all clients, got ranks \[4, 8\]: "
-        "use flexlora or hetlora for heterogeneous ranks.$",
+        "use ffa, flexlora or hetlora for heterogeneous ranks.$",
     ):
         rule.aggregate(g, updates)
     with pytest.raises(FamflowError, match="one LoRA scale"):
@@ -143,6 +143,27 @@ def test_single_rank_rules_refuse_mixed_ranks(rule):
         rule.validate(g, client_updates(ranks=(8, 8, 8))[0])
     with pytest.raises(FamflowError, match="does not fit LoRA rank 8"):
         rule.slice_for(g, shapes(2, 4), 8, 2.0)
+
+
+def test_ffa_with_heterogeneous_ranks_is_exact_on_the_nested_frozen_a():
+    g = global_state()
+    updates = client_updates(ranks=(2, 4, 8), frozen_a=g)
+    new = FFA().aggregate(g, updates)
+    for layer, holders in ((0, (0, 1, 2)), (3, (1, 2))):
+        a, b = f"{module(layer)}.A", f"{module(layer)}.B"
+        assert_array_equal(new[a], g[a])
+        weights = np.array([EXAMPLES[k] for k in holders], dtype=np.float64)
+        weights /= weights.sum()
+        exact = sum(  # each client's product with its own rows of the frozen A
+            p * updates[k].arrays[b].astype(np.float64) @ g[a][: updates[k].rank]
+            for p, k in zip(weights, holders, strict=True)
+        )
+        assert_allclose(new[b].astype(np.float64) @ g[a], exact, rtol=1e-5, atol=1e-6)
+    with pytest.raises(FamflowError, match="exceeds the global rank 8"):
+        FFA().validate(g, client_updates(ranks=(16, 8, 8))[0])
+    sliced = FFA().slice_for(new, shapes(2, 4), 4, 2.0)
+    assert sliced[f"{module(1)}.A"].shape == (4, IN) and sliced[f"{module(1)}.B"].shape == (OUT, 4)
+    assert_array_equal(sliced[f"{module(1)}.B"], new[f"{module(1)}.B"][:, :4])
 
 
 def test_ffa_is_exact_and_keeps_the_frozen_a():
@@ -166,6 +187,8 @@ def test_ffa_is_exact_and_keeps_the_frozen_a():
 
     drifted = copy.deepcopy(updates[1].arrays)
     drifted[f"{module(2)}.A"] = drifted[f"{module(2)}.A"] + 0.5
+    with pytest.raises(FamflowError, match="one LoRA scale"):
+        FFA().aggregate(g, client_updates(scales=(2.0, 2.0, 1.0), frozen_a=g))
     with pytest.raises(FamflowError, match=r"trunk.2.self_attn.q_proj.A differs from the frozen"):
         FFA().aggregate(g, [ClientUpdate(drifted, 30, 8, 2.0)])
     # An A through a lossy codec (within 1e-2 of its largest value) is accepted.

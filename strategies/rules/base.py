@@ -111,7 +111,7 @@ def check_update(
     """Known keys, float and finite values, shapes that fit the client's rank.
 
     ``same_rank``: the client's rank must equal the global rank of each module it sends
-    (fedit, ffa); otherwise it may be at most that rank (flexlora, hetlora).
+    (fedit); otherwise it may be at most that rank (ffa, flexlora, hetlora).
     ``pairs``: a LoRA module must come with both its factors.
     """
     unknown = sorted(set(update.arrays) - set(global_arrays))
@@ -140,7 +140,7 @@ def check_update(
         if same_rank and update.rank != global_rank:
             raise FamflowError(
                 f"Client LoRA rank {update.rank} differs from the global rank {global_rank} of "
-                f"{module}: {rule} needs one LoRA rank; use flexlora or hetlora otherwise."
+                f"{module}: {rule} needs one LoRA rank; use ffa, flexlora or hetlora otherwise."
             )
         if update.rank > global_rank:
             raise FamflowError(
@@ -154,13 +154,18 @@ def check_update(
 
 
 def require_one_rank(rule: str, updates: list[ClientUpdate]) -> None:
-    """Refuse updates at different LoRA ranks or scales (fedit, ffa)."""
+    """Refuse updates at different LoRA ranks or scales (fedit)."""
     ranks = sorted({update.rank for update in updates})
     if len(ranks) > 1:
         raise FamflowError(
             f"{rule} needs one LoRA rank for all clients, got ranks {ranks}: "
-            "use flexlora or hetlora for heterogeneous ranks."
+            "use ffa, flexlora or hetlora for heterogeneous ranks."
         )
+    require_one_scale(rule, updates)
+
+
+def require_one_scale(rule: str, updates: list[ClientUpdate]) -> None:
+    """Refuse updates at different LoRA scales (alpha / rank)."""
     scales = sorted({float(update.scale) for update in updates})
     if len(scales) > 1:
         raise FamflowError(

@@ -85,14 +85,19 @@ class HetLoRA:
     def slice_for(
         self, global_arrays: State, keys: Iterable[str], rank: int, scale: float
     ) -> State:
-        keys = check_slice_keys(global_arrays, keys, rank)
         check_global_pairs(global_arrays)
-        for module in lora_modules(keys):
-            check_slice_rank(global_arrays, module, rank)
-        sliced: State = {}
-        for key in keys:
-            value = global_arrays[key]
-            if is_lora_key(key):
-                value = value[:rank] if key.endswith(".A") else value[:, :rank]
-            sliced[key] = value
-        return copy_state(sliced)
+        return slice_leading_ranks(global_arrays, keys, rank)
+
+
+def slice_leading_ranks(global_arrays: State, keys: Iterable[str], rank: int) -> State:
+    """The keys with LoRA factors cut to their first ``rank`` rows (A) or columns (B)."""
+    keys = check_slice_keys(global_arrays, keys, rank)
+    for module in lora_modules(keys):
+        check_slice_rank(global_arrays, module, rank)
+    sliced: State = {}
+    for key in keys:
+        value = global_arrays[key]
+        if is_lora_key(key):
+            value = value[:rank] if key.endswith(".A") else value[:, :rank]
+        sliced[key] = value
+    return copy_state(sliced)
