@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -97,3 +98,13 @@ def random_spec(
         family=FamilyConfig(exits=exits, adapters=adapters),
         source="random",
     )
+
+
+@pytest.fixture
+def root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A tmp dir holding the tiny3 federation's preset, tiers and corpus, pointed at by env."""
+    from tests.federation_setup import write_federation_files
+
+    for key, value in write_federation_files(tmp_path).items():
+        monkeypatch.setenv(key, value)
+    return tmp_path

@@ -15,20 +15,13 @@ from simulations.comm_run import measured_rows, read_run, run_settings, training
 from simulations.comm_schemes import TOTAL, analytic_rows, famflow_rank, tier_nodes
 from simulations.comm_wire import FamilyShapes, message_bytes
 from strategies.records import to_record
-from tests.federation_setup import run_config, simulate, write_federation_files
+from tests.federation_setup import run_config, simulate
 
 # LoRA on q,k,v,o,gate,up,down of a Qwen2.5-7B-shaped layer: rank x (sum of in + out).
 RUYI_LORA_PER_RANK_AND_LAYER = 90_112
 RUYI_B_PER_RANK_AND_LAYER = 49_664  # sum of out features: what FFA sends
 RUYI_DENSE_PARAMETERS = 7_615_616_512
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture
-def root(tmp_path, monkeypatch):
-    for key, value in write_federation_files(tmp_path).items():
-        monkeypatch.setenv(key, value)
-    return tmp_path
 
 
 def parameters(shapes):

@@ -16,16 +16,9 @@ from familial.local_training import load_trained_branch
 from familial.presets import resolve_model
 from server.records import read_rows
 from tests.conftest import truncated
-from tests.federation_setup import run_config, simulate, write_federation_files
+from tests.federation_setup import run_config, simulate
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def root(tmp_path, monkeypatch):
-    for key, value in write_federation_files(tmp_path).items():
-        monkeypatch.setenv(key, value)
-    return tmp_path
 
 
 def test_three_branch_sizes_train_in_one_federation(root):
