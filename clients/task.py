@@ -18,10 +18,14 @@ from familial.model import FamilialLM
 from familial.presets import ModelSpec, resolve_model
 from familial.sizing import largest_fitting_branch
 from familial.tokenizer import load_tokenizer
+from strategies.rules.base import is_lora_key
 
 # Each ClientApp process keeps its branch and data between messages (simulation reuses them).
 _BRANCHES: dict[tuple[Any, ...], FamilialLM] = {}
 _DATA: dict[tuple[Any, ...], TokenSplits] = {}
+# The exit adapters of each cached branch as the checkpoint built them (the codec reference,
+# the same as the server's; see familial.codecs).
+_REFERENCES: dict[int, dict[str, np.ndarray]] = {}
 
 
 def node_profile(config: FederationConfig, node_config: dict[str, Any]) -> dict[str, Any]:
@@ -69,7 +73,16 @@ def get_branch(config: FederationConfig, exit_depth: int, rank: int, device: str
     if key not in _BRANCHES:
         branch = attach_lora(load_branch(config.model, exit_depth), lora_settings(config, rank))
         _BRANCHES[key] = branch.to(device)
+        _REFERENCES[id(_BRANCHES[key])] = {
+            name: value
+            for name, value in _numpy(exchanged(config, branch)).items()
+            if not is_lora_key(name)
+        }
     return _BRANCHES[key]
+
+
+def _numpy(state: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    return {key: value.detach().float().cpu().numpy().copy() for key, value in state.items()}
 
 
 def get_data(config: FederationConfig, partition_id: int) -> TokenSplits:
@@ -98,12 +111,12 @@ def exchanged(config: FederationConfig, branch: FamilialLM) -> dict[str, torch.T
 
 
 def receive(config: FederationConfig, branch: FamilialLM, arrays: dict[str, np.ndarray]) -> None:
-    state = {key: torch.from_numpy(value) for key, value in decode(arrays, config.codec).items()}
+    decoded = decode(arrays, config.codec, _REFERENCES.get(id(branch)))
+    state = {key: torch.from_numpy(value) for key, value in decoded.items()}
     load_trainable_state(
         branch, state, exit_adapters=config.train_exit_adapters, lora_a=config.rule != "ffa"
     )
 
 
 def reply_arrays(config: FederationConfig, branch: FamilialLM) -> dict[str, np.ndarray]:
-    state = exchanged(config, branch)
-    return encode({k: v.detach().float().cpu().numpy() for k, v in state.items()}, config.codec)
+    return encode(_numpy(exchanged(config, branch)), config.codec, _REFERENCES.get(id(branch)))

@@ -7,6 +7,10 @@ gets one scale per row (max |row| / 127, 1 for a zero row), except a LoRA ``B`` 
 which gets one per column, that is per rank component, so that its scales stay r and not
 ``out``; any other array gets one scale. The scales travel as float32 arrays under
 ``key + SCALE_SUFFIX``, which no canonical name can hold.
+
+A ``reference`` known to both sides (the exit adapters as the checkpoint builds them: identity
+translators, the final norm) is subtracted before encoding and added back after decoding, so a
+lossy codec spends its precision on what training changed, not on the identity it started from.
 """
 
 from __future__ import annotations
@@ -75,7 +79,18 @@ def _bf16_values(bits: np.ndarray) -> np.ndarray:
     return tensor.view(torch.bfloat16).to(torch.float32).numpy().copy()
 
 
-def encode(arrays: Arrays, codec: str) -> Arrays:
+def _reference_for(key: str, shape: tuple[int, ...], reference: Arrays | None) -> np.ndarray | None:
+    if reference is None or key not in reference:
+        return None
+    if tuple(reference[key].shape) != tuple(shape):
+        raise FamflowError(
+            f"{key} has shape {tuple(shape)}, its codec reference {tuple(reference[key].shape)}: "
+            "both sides must build the reference from the same model."
+        )
+    return reference[key]
+
+
+def encode(arrays: Arrays, codec: str, reference: Arrays | None = None) -> Arrays:
     """Named float arrays -> the payload for ``codec`` (inputs untouched)."""
     _check_codec(codec)
     encoded: Arrays = {}
@@ -83,6 +98,9 @@ def encode(arrays: Arrays, codec: str) -> Arrays:
         if SCALE_SUFFIX in key:
             raise FamflowError(f"{key} holds {SCALE_SUFFIX!r}, reserved for int8 scales.")
         values = np.asarray(array, dtype=np.float32)
+        base = _reference_for(key, values.shape, reference)
+        if base is not None:
+            values = values - base.astype(np.float32)
         if not np.isfinite(values).all():
             raise FamflowError(f"{key} has NaN or inf values: fix training before sending.")
         if codec == "fp32":
@@ -116,7 +134,7 @@ def _finite(key: str, values: np.ndarray, codec: str) -> np.ndarray:
     return values
 
 
-def decode(encoded: Arrays, codec: str) -> Arrays:
+def decode(encoded: Arrays, codec: str, reference: Arrays | None = None) -> Arrays:
     """A received payload -> float32 arrays; a malformed payload raises ``FamflowError``."""
     _check_codec(codec)
     scales = {key for key in encoded if key.endswith(SCALE_SUFFIX)}
@@ -142,6 +160,9 @@ def decode(encoded: Arrays, codec: str) -> Arrays:
             decoded[key] = _finite(key, _bf16_values(wire), codec)
         else:
             decoded[key] = _decode_int8(key, wire, encoded)
+        base = _reference_for(key, wire.shape, reference)
+        if base is not None:
+            decoded[key] = _finite(key, decoded[key] + base.astype(np.float32), codec)
     return decoded
 
 

@@ -16,7 +16,7 @@ from familial.federation_config import FederationConfig
 from server.calibration import calibrate_translators
 from server.checkpoints import load_checkpoint, save_checkpoint
 from server.export import export_branches
-from server.plans import initial_global_state, node_plans
+from server.plans import codec_reference, initial_global_state, node_plans
 from server.profiles import query_profiles
 from server.records import RoundRecorder, read_rows
 from strategies.familial_strategy import FamilialStrategy, NodePlan, RoundTraffic
@@ -88,12 +88,13 @@ def run_federation(grid: Grid, config: FederationConfig) -> list[dict[str, Any]]
     rank = max(plan.rank for plan in plans.values())
     rule = get_rule(config.rule)
     start_round = 1
+    fresh = initial_global_state(config, rank)
     if config.resume:
         last_round, arrays, _ = load_checkpoint(Path(config.resume))
         start_round = last_round + 1
         logger.info("resuming after round %d from %s", last_round, config.resume)
     else:
-        arrays = initial_global_state(config, rank)
+        arrays = fresh
         out.mkdir(parents=True, exist_ok=True)
         (out / "metrics.jsonl").unlink(missing_ok=True)
     strategy = FamilialStrategy(
@@ -104,6 +105,7 @@ def run_federation(grid: Grid, config: FederationConfig) -> list[dict[str, Any]]
         min_nodes=config.min_nodes,
         lr_for_round=cosine_lr(config),
         seed=config.seed,
+        codec_reference=codec_reference(fresh),
     )
     strategy.summary()
     recorder = RoundRecorder(out)

@@ -13,6 +13,7 @@ from familial.federation_config import FederationConfig
 from familial.loading import build_meta_branch, load_branch
 from familial.lora import attach_lora, trainable_state
 from strategies.familial_strategy import NodePlan
+from strategies.rules.base import is_lora_key
 
 logger = logging.getLogger("famflow.server")
 HETEROGENEOUS_RULES = ("ffa", "flexlora", "hetlora")
@@ -57,3 +58,8 @@ def initial_global_state(config: FederationConfig, rank: int) -> dict[str, np.nd
     state = trainable_state(family, exit_adapters=config.train_exit_adapters)
     with torch.no_grad():
         return {key: tensor.detach().float().numpy().copy() for key, tensor in state.items()}
+
+
+def codec_reference(fresh_state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The dense keys (exit adapters) of a fresh family's state: every node builds the same."""
+    return {key: value.copy() for key, value in fresh_state.items() if not is_lora_key(key)}

@@ -60,10 +60,13 @@ class FamilialStrategy(Strategy):
         min_nodes: int = 1,
         lr_for_round: Callable[[int], float] = lambda _: 2e-3,
         seed: int = 0,
+        codec_reference: dict[str, np.ndarray] | None = None,
     ) -> None:
         self.rule = rule
         self.plans = plans
         self.codec = codec
+        # Exit adapters as the checkpoint builds them, which every node builds too (codecs).
+        self.codec_reference = codec_reference
         self.fraction_train = fraction_train
         self.min_nodes = min_nodes
         self.lr_for_round = lr_for_round
@@ -102,7 +105,7 @@ class FamilialStrategy(Strategy):
         for node in nodes:
             plan = self.plans[node]
             arrays_for_node = self.rule.slice_for(self._global, plan.keys, plan.rank, plan.scale)
-            payload = to_record(encode(arrays_for_node, self.codec))
+            payload = to_record(encode(arrays_for_node, self.codec, self.codec_reference))
             traffic.down[node] = payload.count_bytes()
             setup = ConfigRecord(
                 {
@@ -160,7 +163,7 @@ class FamilialStrategy(Strategy):
         plan = self.plans[reply.metadata.src_node_id]
         if "arrays" not in reply.content:
             raise FamflowError("the reply carries no arrays")
-        arrays = decode(from_record(reply.content["arrays"]), self.codec)
+        arrays = decode(from_record(reply.content["arrays"]), self.codec, self.codec_reference)
         if set(arrays) != set(plan.keys):
             missing = sorted(set(plan.keys) - set(arrays))[:3]
             unexpected = sorted(set(arrays) - set(plan.keys))[:3]

@@ -79,7 +79,7 @@ def run_config(root: Path, **overrides: Any) -> dict[str, Any]:
         "eval-blocks": 8,
         "device": "cpu",
         "min-nodes": 3,
-        "round-timeout": 120.0,
+        "round-timeout": 300.0,
         "out-dir": str(root / "run"),
         **overrides,
     }

@@ -122,3 +122,18 @@ def test_malformed_payloads_are_refused_with_one_sentence():
     assert "NaN or inf" in malformed("bf16", {NORM: nan_bits})
     assert "dtype" in malformed("fp32", {NORM: [1.0, 2.0]})
     assert_array_equal(decode({NORM: np.ones(2, np.float32)}, "fp32")[NORM], np.ones(2))
+
+
+def test_a_reference_known_to_both_sides_keeps_small_changes_of_a_translator():
+    # An identity translator nudged by training: per-row int8 of the values themselves rounds
+    # the small off-diagonal changes to zero; relative to the identity they survive.
+    key = "exit.10.translator.proj.weight"
+    identity = np.eye(64, dtype=np.float32)
+    change = 1e-3 * np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)
+    trained = {key: identity + change}
+    plain = decode(encode(trained, "int8"), "int8")[key] - identity
+    relative = decode(encode(trained, "int8", {key: identity}), "int8", {key: identity})[key]
+    assert np.abs(plain - change).max() > 0.5 * np.abs(change).max()
+    assert np.abs(relative - identity - change).max() < np.abs(change).max() / 100
+    with pytest.raises(FamflowError, match="codec reference"):
+        encode(trained, "int8", {key: np.eye(3, dtype=np.float32)})
