@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
@@ -19,14 +21,21 @@ from familial.training import TrainConfig, train
 from strategies.records import from_record, to_record
 
 
-def received_branch(
-    config: FederationConfig, msg: Message, context: Context
-) -> tuple[FamilialLM, TokenSplits]:
-    """The node's cached branch with the server's slice applied, and the node's data."""
+@dataclass
+class Received:
+    """The node's cached branch with the server's slice applied, the slice, the node's data."""
+
+    branch: FamilialLM
+    arrays: dict[str, np.ndarray]
+    splits: TokenSplits
+
+
+def received_branch(config: FederationConfig, msg: Message, context: Context) -> Received:
     setup = msg.content["config"]
     branch = get_branch(config, int(setup["exit"]), int(setup["rank"]), str(setup["device"]))
-    receive(config, branch, from_record(msg.content["arrays"]))
-    return branch, get_data(config, int(context.node_config.get("partition-id", 0)))
+    arrays = receive(config, branch, from_record(msg.content["arrays"]))
+    splits = get_data(config, int(context.node_config.get("partition-id", 0)))
+    return Received(branch, arrays, splits)
 
 
 def make_client_app(
@@ -46,8 +55,10 @@ def make_client_app(
     @app.query("calibrate")
     def calibrate(msg: Message, context: Context) -> Message:
         config = run_config(context)
-        branch, splits = received_branch(config, msg, context)
-        statistics = lens_statistics(branch, splits.train[: config.calibration_blocks])
+        received = received_branch(config, msg, context)
+        statistics = lens_statistics(
+            received.branch, received.splits.train[: config.calibration_blocks]
+        )
         arrays = {}
         metrics: dict[str, int] = {}
         for depth, stats in statistics.items():
@@ -61,7 +72,7 @@ def make_client_app(
     def train_branch(msg: Message, context: Context) -> Message:
         config = run_config(context)
         setup = msg.content["config"]
-        branch, splits = received_branch(config, msg, context)
+        received = received_branch(config, msg, context)
         settings = TrainConfig(
             steps=config.local_steps,
             batch_size=config.batch_size,
@@ -72,9 +83,9 @@ def make_client_app(
             seed=config.seed + int(setup["server-round"]),
         )
         start = time.perf_counter()
-        result = train(branch, splits.train, settings)
+        result = train(received.branch, received.splits.train, settings)
         metrics: dict[str, float] = {
-            "num-examples": len(splits.train),
+            "num-examples": len(received.splits.train),
             "train-loss": result.losses[-1],
             "train-seconds": result.seconds,
             "client-seconds": time.perf_counter() - start,
@@ -82,7 +93,7 @@ def make_client_app(
         }
         metrics |= {f"loss-exit-{d}": loss for d, loss in result.exit_losses.items()}
         content = {
-            "arrays": to_record(reply_arrays(config, branch)),
+            "arrays": to_record(reply_arrays(config, received.branch, received.arrays)),
             "metrics": MetricRecord(metrics),
         }
         return Message(RecordDict(content), reply_to=msg)
@@ -90,8 +101,8 @@ def make_client_app(
     @app.evaluate()
     def evaluate_branch(msg: Message, context: Context) -> Message:
         config = run_config(context)
-        branch, splits = received_branch(config, msg, context)
-        results = evaluate(branch, splits.validation[: config.eval_blocks])
+        received = received_branch(config, msg, context)
+        results = evaluate(received.branch, received.splits.validation[: config.eval_blocks])
         metrics: dict[str, float] = {"num-tokens": next(iter(results.values())).tokens}
         for depth, exit_metrics in results.items():
             metrics[f"loss-exit-{depth}"] = exit_metrics.loss

@@ -110,13 +110,20 @@ def exchanged(config: FederationConfig, branch: FamilialLM) -> dict[str, torch.T
     )
 
 
-def receive(config: FederationConfig, branch: FamilialLM, arrays: dict[str, np.ndarray]) -> None:
+def receive(
+    config: FederationConfig, branch: FamilialLM, arrays: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """Apply the server's slice to the branch; returns it decoded (the reply's reference)."""
     decoded = decode(arrays, config.codec, _REFERENCES.get(id(branch)))
     state = {key: torch.from_numpy(value) for key, value in decoded.items()}
     load_trainable_state(
         branch, state, exit_adapters=config.train_exit_adapters, lora_a=config.rule != "ffa"
     )
+    return decoded
 
 
-def reply_arrays(config: FederationConfig, branch: FamilialLM) -> dict[str, np.ndarray]:
-    return encode(_numpy(exchanged(config, branch)), config.codec, _REFERENCES.get(id(branch)))
+def reply_arrays(
+    config: FederationConfig, branch: FamilialLM, received: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """The trained tensors, encoded as their change from what the node ``received``."""
+    return encode(_numpy(exchanged(config, branch)), config.codec, received)

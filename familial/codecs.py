@@ -8,9 +8,10 @@ which gets one per column, that is per rank component, so that its scales stay r
 ``out``; any other array gets one scale. The scales travel as float32 arrays under
 ``key + SCALE_SUFFIX``, which no canonical name can hold.
 
-A ``reference`` known to both sides (the exit adapters as the checkpoint builds them: identity
-translators, the final norm) is subtracted before encoding and added back after decoding, so a
-lossy codec spends its precision on what training changed, not on the identity it started from.
+A ``reference`` known to both sides is subtracted before encoding and added back after decoding,
+so a lossy codec spends its precision on what changed, not on what both already know. Downlink:
+the exit adapters as the checkpoint builds them (identity translators, the final norm). Uplink:
+the slice the node was sent, so a reply carries only what local training changed.
 """
 
 from __future__ import annotations

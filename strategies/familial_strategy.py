@@ -73,6 +73,8 @@ class FamilialStrategy(Strategy):
         self.seed = seed
         self.traffic: dict[tuple[int, str], RoundTraffic] = {}
         self._global: dict[str, np.ndarray] = {}
+        # What each node was sent to train from this round: replies encode their change from it.
+        self._sent: dict[int, dict[str, np.ndarray]] = {}
 
     def summary(self) -> None:
         tiers = sorted({(p.tier, p.exit, p.rank) for p in self.plans.values()})
@@ -101,10 +103,14 @@ class FamilialStrategy(Strategy):
     ) -> list[Message]:
         self._global = from_record(arrays)
         traffic = self.traffic.setdefault((server_round, kind), RoundTraffic())
+        if kind == MessageType.TRAIN:
+            self._sent = {}
         messages = []
         for node in nodes:
             plan = self.plans[node]
             arrays_for_node = self.rule.slice_for(self._global, plan.keys, plan.rank, plan.scale)
+            if kind == MessageType.TRAIN:
+                self._sent[node] = arrays_for_node
             payload = to_record(encode(arrays_for_node, self.codec, self.codec_reference))
             traffic.down[node] = payload.count_bytes()
             setup = ConfigRecord(
@@ -160,10 +166,15 @@ class FamilialStrategy(Strategy):
         return usable
 
     def _update(self, reply: Message) -> ClientUpdate:
-        plan = self.plans[reply.metadata.src_node_id]
+        node = reply.metadata.src_node_id
+        plan = self.plans[node]
+        if node not in self._sent:
+            raise FamflowError("the node was not sent anything to train this round")
         if "arrays" not in reply.content:
             raise FamflowError("the reply carries no arrays")
-        arrays = decode(from_record(reply.content["arrays"]), self.codec, self.codec_reference)
+        # The node encoded its change from the decoded slice it got; adding that change to the
+        # exact slice keeps the downlink's rounding out of the global adapters.
+        arrays = decode(from_record(reply.content["arrays"]), self.codec, self._sent[node])
         if set(arrays) != set(plan.keys):
             missing = sorted(set(plan.keys) - set(arrays))[:3]
             unexpected = sorted(set(arrays) - set(plan.keys))[:3]

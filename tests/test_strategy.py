@@ -1,0 +1,80 @@
+import numpy as np
+import pytest
+from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from familial.codecs import decode, encode
+from strategies.familial_strategy import FamilialStrategy, NodePlan
+from strategies.records import from_record, to_record
+from strategies.rules import FedIT
+
+RANK, IN, OUT = 4, 48, 40
+KEYS = ("trunk.0.mlp.up_proj.A", "trunk.0.mlp.up_proj.B")
+
+
+@pytest.fixture(autouse=True)
+def server_identity(monkeypatch):
+    """Messages are stamped with the identity of the process's task (a ServerApp's)."""
+    for name, value in (("_run_id", 1), ("_node_id", 0), ("_task_id", 1)):
+        monkeypatch.setattr(TaskIdentity, name, value)
+
+
+def strategy(codec):
+    plans = {node: NodePlan(node, "edge", 1, RANK, 2.0, "cpu", KEYS) for node in (11, 12)}
+    return FamilialStrategy(FedIT(), plans, codec=codec)
+
+
+def global_arrays():
+    rng = np.random.default_rng(0)
+    return {KEYS[0]: rng.standard_normal((RANK, IN)), KEYS[1]: rng.standard_normal((OUT, RANK))}
+
+
+def node_reply(sent, change, codec, examples):
+    """A node trains ``change`` into the slice it decoded and sends the change from that slice."""
+    received = decode(from_record(sent.content["arrays"]), codec)
+    trained = {key: received[key] + change[key] for key in received}
+    content = RecordDict(
+        {
+            "arrays": to_record(encode(trained, codec, received)),
+            "metrics": MetricRecord({"num-examples": examples}),
+        }
+    )
+    return Message(content, reply_to=sent)
+
+
+@pytest.mark.parametrize("codec", ["fp32", "int8"])
+def test_replies_carry_the_change_from_the_slice_sent_and_aggregate_onto_the_exact_global(codec):
+    start = {k: v.astype(np.float32) for k, v in global_arrays().items()}
+    wanted = strategy(codec)
+    sent = list(wanted.configure_train(1, to_record(start), ConfigRecord(), None))
+    rng = np.random.default_rng(1)
+    changes = [{k: 1e-3 * rng.standard_normal(v.shape) for k, v in start.items()} for _ in sent]
+    replies = [
+        node_reply(message, change, codec, examples)
+        for message, change, examples in zip(sent, changes, (1, 3), strict=True)
+    ]
+    aggregated, _ = wanted.aggregate_train(1, replies)
+    result = from_record(aggregated)
+    for key in KEYS:
+        expected = start[key] + (changes[0][key] + 3 * changes[1][key]) / 4
+        # The global stays exact: int8 rounds each change at 1/254 of its own range, and the
+        # downlink's rounding of the slice does not enter it.
+        tolerance = 1e-6 if codec == "fp32" else 2e-5
+        np.testing.assert_allclose(result[key], expected, atol=tolerance)
+        if codec == "int8":
+            whole = decode(encode({key: start[key] + changes[0][key]}, codec), codec)[key]
+            assert np.abs(whole - start[key] - changes[0][key]).max() > 10 * tolerance
+
+
+def test_a_reply_from_a_node_sent_nothing_this_round_is_dropped():
+    start = {k: v.astype(np.float32) for k, v in global_arrays().items()}
+    wanted = strategy("fp32")
+    plans = dict(wanted.plans)
+    wanted.plans = {11: plans[11]}
+    sent = list(wanted.configure_train(1, to_record(start), ConfigRecord(), None))
+    wanted.plans = plans
+    stray = Message(sent[0].content, dst_node_id=12, message_type=sent[0].metadata.message_type)
+    no_change = {key: np.zeros_like(value) for key, value in start.items()}
+    replies = [node_reply(sent[0], no_change, "fp32", 1), node_reply(stray, no_change, "fp32", 1)]
+    wanted.aggregate_train(1, replies)
+    assert "not sent anything" in wanted.traffic[(1, "train")].dropped[12]
