@@ -18,6 +18,8 @@ class FederationConfig:
     ``tier_mix`` lists the tiers of simulated nodes in partition order, as ``name:count``
     pairs (``device:2,edge:2,cloud:2``); a deployed node names its tier in its node config.
     A tier's LoRA uses ``alpha = lora_alpha_ratio * rank``, one scale for every rank.
+    ``server_lr`` scales the step from the old global adapters to the rule's aggregate
+    (``strategies.server_step``; 1.0 takes the aggregate).
     Held-out evaluation runs before round 1, every ``evaluate_every`` rounds and after the last.
     ``calibrate_exits`` fits the shallow exits' full translators in closed form before round 1,
     from statistics of ``calibration_blocks`` training blocks per node holding the deepest exit.
@@ -33,6 +35,7 @@ class FederationConfig:
     batch_size: int = 4
     seq_len: int = 64
     lr: float = 2e-3
+    server_lr: float = 1.0
     distill_weight: float = 0.0
     train_exit_adapters: bool = True
     calibrate_exits: bool = True
@@ -63,8 +66,10 @@ class FederationConfig:
                 raise FamflowError(f"{_key(name)} must be at least 1, got {getattr(self, name)}.")
         if not 0 < self.fraction_train <= 1:
             raise FamflowError(f"fraction-train must be in (0, 1], got {self.fraction_train}.")
-        if self.lr <= 0 or self.lora_alpha_ratio <= 0 or self.round_timeout <= 0:
-            raise FamflowError("lr, lora-alpha-ratio and round-timeout must be positive.")
+        if min(self.lr, self.server_lr, self.lora_alpha_ratio, self.round_timeout) <= 0:
+            raise FamflowError(
+                "lr, server-lr, lora-alpha-ratio and round-timeout must be positive."
+            )
         self.tier_counts()
 
     def tier_counts(self) -> list[tuple[str, int]]:

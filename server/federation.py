@@ -106,6 +106,7 @@ def run_federation(grid: Grid, config: FederationConfig) -> list[dict[str, Any]]
         lr_for_round=cosine_lr(config),
         seed=config.seed,
         codec_reference=codec_reference(fresh),
+        server_lr=config.server_lr,
     )
     strategy.summary()
     recorder = RoundRecorder(out)

@@ -21,7 +21,8 @@ from flwr.serverapp.strategy import Strategy
 from familial.codecs import decode, encode
 from familial.errors import FamflowError
 from strategies.records import from_record, to_record
-from strategies.rules import AggregationRule, ClientUpdate
+from strategies.rules import AggregationRule, ClientUpdate, FlexLoRA
+from strategies.server_step import server_step
 
 logger = logging.getLogger("famflow.strategies")
 
@@ -61,8 +62,10 @@ class FamilialStrategy(Strategy):
         lr_for_round: Callable[[int], float] = lambda _: 2e-3,
         seed: int = 0,
         codec_reference: dict[str, np.ndarray] | None = None,
+        server_lr: float = 1.0,
     ) -> None:
         self.rule = rule
+        self.server_lr = server_lr
         self.plans = plans
         self.codec = codec
         # Exit adapters as the checkpoint builds them, which every node builds too (codecs).
@@ -208,12 +211,14 @@ class FamilialStrategy(Strategy):
             logger.warning("round %d: no usable update, the global adapters stay", server_round)
             return None, None
         try:
-            self._global = self.rule.aggregate(self._global, updates)
+            aggregate = self.rule.aggregate(self._global, updates)
         except FamflowError as error:
             logger.warning(
                 "round %d: aggregation failed, the global adapters stay (%s)", server_round, error
             )
             return None, None
+        on_products = isinstance(self.rule, FlexLoRA)
+        self._global = server_step(self._global, aggregate, self.server_lr, on_products)
         return to_record(self._global), weighted_exit_means(metrics, "num-examples", "loss-exit-")
 
     def aggregate_evaluate(

@@ -16,6 +16,7 @@ from strategies.rules import (
     lora_products,
     weighted_mean_per_key,
 )
+from strategies.server_step import server_step
 
 IN, OUT, HIDDEN = 12, 10, 6
 GLOBAL_RANK = 8
@@ -340,3 +341,31 @@ def test_update_fields_and_registry_are_checked():
     ):
         get_rule("fedavg")
     assert isinstance(get_rule("hetlora"), HetLoRA)
+
+
+def test_a_server_learning_rate_scales_each_held_factor_step_and_keeps_unsent_keys():
+    g = global_state()
+    new = FedIT().aggregate(g, client_updates())
+    stepped = server_step(g, new, 2.5, on_products=False)
+    for key in g:
+        assert_allclose(stepped[key], g[key] + 2.5 * (new[key] - g[key]), rtol=1e-5, atol=1e-5)
+    assert_array_equal(stepped["exit.5.norm.weight"], g["exit.5.norm.weight"])  # held by none
+    assert server_step(g, new, 1.0, on_products=False) is new
+
+
+def test_flexlora_server_step_is_the_best_global_rank_fit_of_the_stepped_product():
+    g = global_state(rank=GLOBAL_RANK, seed=3)
+    new = FlexLoRA().aggregate(g, client_updates(ranks=(2, 4, 8)))
+    stepped = server_step(g, new, 3.0, on_products=True)
+    for layer in range(LAYERS):
+        m = module(layer)
+        old_w = g[f"{m}.B"].astype(np.float64) @ g[f"{m}.A"]
+        new_w = new[f"{m}.B"].astype(np.float64) @ new[f"{m}.A"]
+        u, s, vt = np.linalg.svd(old_w + 3.0 * (new_w - old_w))
+        best = (u[:, :GLOBAL_RANK] * s[:GLOBAL_RANK]) @ vt[:GLOBAL_RANK]
+        assert_allclose(stepped[f"{m}.B"] @ stepped[f"{m}.A"], best, atol=1e-4)
+    assert_allclose(
+        stepped["exit.4.norm.weight"],
+        g["exit.4.norm.weight"] + 3.0 * (new["exit.4.norm.weight"] - g["exit.4.norm.weight"]),
+        atol=1e-5,
+    )
