@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -54,7 +54,8 @@ def make_client_app(
 
     @app.query("calibrate")
     def calibrate(msg: Message, context: Context) -> Message:
-        config = run_config(context)
+        # The statistics of every shallower exit: hold them all, whatever branch-exits says.
+        config = replace(run_config(context), branch_exits="held")
         received = received_branch(config, msg, context)
         statistics = lens_statistics(
             received.branch, received.splits.train[: config.calibration_blocks]

@@ -69,9 +69,11 @@ def lora_settings(config: FederationConfig, rank: int) -> LoraSettings:
 
 
 def get_branch(config: FederationConfig, exit_depth: int, rank: int, device: str) -> FamilialLM:
-    key = (config.model, exit_depth, rank, config.rule, config.seed, device)
+    exits = config.exits_of_branch(exit_depth)
+    key = (config.model, exit_depth, rank, config.rule, config.seed, device, str(exits))
     if key not in _BRANCHES:
-        branch = attach_lora(load_branch(config.model, exit_depth), lora_settings(config, rank))
+        branch = load_branch(config.model, exit_depth, exits=exits)
+        branch = attach_lora(branch, lora_settings(config, rank))
         _BRANCHES[key] = branch.to(device)
         _REFERENCES[id(_BRANCHES[key])] = {
             name: value

@@ -9,6 +9,7 @@ from familial.errors import FamflowError
 
 RULES: tuple[str, ...] = ("fedit", "ffa", "flexlora", "hetlora")
 CODECS: tuple[str, ...] = ("fp32", "fp16", "bf16", "int8")
+BRANCH_EXITS: tuple[str, ...] = ("held", "own")
 
 
 @dataclass
@@ -18,6 +19,9 @@ class FederationConfig:
     ``tier_mix`` lists the tiers of simulated nodes in partition order, as ``name:count``
     pairs (``device:2,edge:2,cloud:2``); a deployed node names its tier in its node config.
     A tier's LoRA uses ``alpha = lora_alpha_ratio * rank``, one scale for every rank.
+    ``branch_exits``: a node trains every exit its branch holds (``held``: the trunk learns
+    from all of them, and a Ruyi branch carries the shallower exits' own layers) or only its
+    own exit's path (``own``: the least to send; shallower exits train on shallower nodes).
     ``server_lr`` scales the step from the old global adapters to the rule's aggregate
     (``strategies.server_step``; 1.0 takes the aggregate).
     Held-out evaluation runs before round 1, every ``evaluate_every`` rounds and after the last.
@@ -38,6 +42,7 @@ class FederationConfig:
     server_lr: float = 1.0
     distill_weight: float = 0.0
     train_exit_adapters: bool = True
+    branch_exits: str = "held"
     calibrate_exits: bool = True
     calibration_blocks: int = 32
     dataset: str = "shakespeare"
@@ -60,6 +65,8 @@ class FederationConfig:
             raise FamflowError(f"Unknown rule {self.rule!r}: use one of {', '.join(RULES)}.")
         if self.codec not in CODECS:
             raise FamflowError(f"Unknown codec {self.codec!r}: use one of {', '.join(CODECS)}.")
+        if self.branch_exits not in BRANCH_EXITS:
+            raise FamflowError(f"branch-exits {self.branch_exits!r} is unknown: use held or own.")
         positive = ("num_server_rounds", "local_steps", "batch_size", "seq_len", "min_nodes")
         for name in (*positive, "evaluate_every", "calibration_blocks"):
             if getattr(self, name) < 1:
@@ -71,6 +78,10 @@ class FederationConfig:
                 "lr, server-lr, lora-alpha-ratio and round-timeout must be positive."
             )
         self.tier_counts()
+
+    def exits_of_branch(self, exit_depth: int) -> list[int] | None:
+        """The exits a node holding ``exit_depth`` trains (None: every exit up to it)."""
+        return [exit_depth] if self.branch_exits == "own" else None
 
     def tier_counts(self) -> list[tuple[str, int]]:
         try:

@@ -8,6 +8,7 @@ hidden-state products leave a node, never tokens.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import numpy as np
 from flwr.app import ConfigRecord, Message
@@ -17,6 +18,7 @@ from familial.calibration import LensStatistics, solve_translator
 from familial.errors import FamflowError
 from familial.federation_config import FederationConfig
 from familial.presets import resolve_model
+from server.plans import branch_keys
 from strategies.familial_strategy import FamilialStrategy, RoundTraffic
 from strategies.records import from_record, to_record
 
@@ -67,8 +69,12 @@ def calibrate_translators(
     if not exits or not holders:
         logger.info("calibration skipped: no full translator below exit %d", deepest)
         return arrays, RoundTraffic()
+    # The holders answer with every exit their branch can hold, even when they train only
+    # their own (branch-exits = own).
+    held = replace(config, branch_exits="held")
+    keys = {node: branch_keys(held, deepest, strategy.plans[node].rank) for node in holders}
     messages = strategy.configure_query(
-        0, to_record(arrays), ConfigRecord(), holders, CALIBRATE_QUERY
+        0, to_record(arrays), ConfigRecord(), holders, CALIBRATE_QUERY, keys
     )
     traffic = strategy.traffic[(0, CALIBRATE_QUERY)]
     hidden_size = int(resolve_model(config.model).base_config().hidden_size)

@@ -21,7 +21,8 @@ HETEROGENEOUS_RULES = ("ffa", "flexlora", "hetlora")
 
 def branch_keys(config: FederationConfig, exit_depth: int, rank: int) -> tuple[str, ...]:
     """The keys a branch exchanges, read from its modules on the meta device (no weights)."""
-    branch = attach_lora(build_meta_branch(config.model, exit_depth), lora_settings(config, rank))
+    meta = build_meta_branch(config.model, exit_depth, exits=config.exits_of_branch(exit_depth))
+    branch = attach_lora(meta, lora_settings(config, rank))
     state = trainable_state(
         branch, exit_adapters=config.train_exit_adapters, lora_a=config.rule != "ffa"
     )

@@ -34,6 +34,12 @@ def add_comm_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="exchange exit adapters, as train-exit-adapters (default: yes, or the run's)",
     )
+    comm.add_argument(
+        "--branch-exits",
+        choices=("held", "own"),
+        default=None,
+        help="exits each node trains, as branch-exits (default: held, or the run's)",
+    )
     comm.add_argument("--batch-size", type=positive_int, default=4, help="to fit tiers' branches")
     comm.add_argument("--seq-len", type=positive_int, default=64, help="to fit tiers' branches")
     comm.add_argument("--json", action="store_true", help="print JSON instead of the table")
@@ -70,8 +76,9 @@ def cmd_comm(args: argparse.Namespace) -> None:
     spec = resolve_model(args.model)
     nodes = tier_nodes(spec, args.tier_mix, args.tiers, args.batch_size, args.seq_len)
     exit_adapters = True if args.exit_adapters is None else args.exit_adapters
+    own_exit = args.branch_exits == "own"
     rows = analytic_rows(
-        spec, nodes, args.rule or list(RULES), args.codec or list(CODECS), exit_adapters
+        spec, nodes, args.rule or list(RULES), args.codec or list(CODECS), exit_adapters, own_exit
     )
     dense = dense_parameters(spec)
     header = {
@@ -80,6 +87,7 @@ def cmd_comm(args: argparse.Namespace) -> None:
         "dense_parameters": dense,
         "full_gradient_bytes": dense * 4,
         "exit_adapters": exit_adapters and spec.family.adapters is not None,
+        "branch_exits": args.branch_exits or "held",
         "tiers": [asdict(node) for node in nodes],
     }
     if args.json:
@@ -118,6 +126,7 @@ def cmd_comm_run(args: argparse.Namespace) -> None:
         rule=_single(args.rule, "--rule"),
         codec=_single(args.codec, "--codec"),
         exit_adapters=args.exit_adapters,
+        own_exit=None if args.branch_exits is None else args.branch_exits == "own",
     )
     measured = measured_rows(rows, settings)
     if args.json:

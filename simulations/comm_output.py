@@ -98,7 +98,9 @@ def analytic_text(header: dict[str, Any], nodes: list[TierNodes], rows: list[Com
         f"parameters, full-gradient FedAvg {human_bytes(header['full_gradient_bytes'])} "
         "per client per round",
         f"tiers: {mix}",
-        f"famflow exit adapters: {adapters}; bytes per round, payload as encoded by the codec "
+        f"famflow exit adapters: {adapters}; nodes train the exits their branch "
+        f"{'holds' if header['branch_exits'] == 'held' else 'ends at (own path only)'}; "
+        "bytes per round, payload as encoded by the codec "
         "(+framing: Flower's .npy headers and keys)",
         "x smaller = full-gradient FedAvg uplink / this uplink (tiers: per client; total: round)",
         "",
@@ -112,7 +114,8 @@ def measured_text(run_dir: Path, settings: RunSettings, rows: list[MeasuredRow])
     rounds = rows[0].rounds if rows else 0
     lines = [
         f"{run_dir}: {settings.model}, rule {settings.rule}, codec {settings.codec}, exit "
-        f"adapters {adapters} (settings from {settings.source}); {rounds} training round(s)",
+        f"adapters {adapters}, branch exits {'own' if settings.own_exit else 'held'} "
+        f"(settings from {settings.source}); {rounds} training round(s)",
         "measured: ArrayRecord.count_bytes() of the train messages; payload: the encoded arrays "
         "and framing: .npy headers + keys (both analytic);",
         "difference = measured - payload (per round); unexplained = difference - framing",

@@ -33,6 +33,7 @@ class RunSettings:
     codec: str
     exit_adapters: bool
     source: str
+    own_exit: bool = False
 
 
 @dataclass
@@ -120,6 +121,7 @@ def run_settings(
     rule: str | None = None,
     codec: str | None = None,
     exit_adapters: bool | None = None,
+    own_exit: bool | None = None,
 ) -> RunSettings:
     """The run's settings from its latest checkpoint state; given values take precedence."""
     found = _checkpoint_state(Path(run_dir))
@@ -132,6 +134,7 @@ def run_settings(
         if exit_adapters is None
         else exit_adapters,
     }
+    branch_exits = own_exit if own_exit is not None else config.get("branch_exits") == "own"
     missing = [name for name, value in settings.items() if value is None]
     if missing:
         raise FamflowError(
@@ -144,14 +147,18 @@ def run_settings(
             f"{', '.join(RULES)} and a codec of {', '.join(CODECS)}."
         )
     source = f"checkpoints/{found[0]}" if found else "command line"
-    return RunSettings(**settings, source=source)
+    return RunSettings(**settings, source=source, own_exit=branch_exits)
 
 
 def analytic_message(
     shapes: FamilyShapes, settings: RunSettings, exit_depth: int, rank: int
 ) -> Wire:
     exchanged = shapes.exchanged(
-        exit_depth, rank, lora_a=settings.rule != "ffa", exit_adapters=settings.exit_adapters
+        exit_depth,
+        rank,
+        lora_a=settings.rule != "ffa",
+        exit_adapters=settings.exit_adapters,
+        own_exit=settings.own_exit,
     )
     return message_bytes(exchanged, settings.codec)
 

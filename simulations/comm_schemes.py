@@ -6,9 +6,10 @@ Schemes (per client and round, the same bytes go down and come back up):
 - ``fedavg-weights``: every client sends its branch's weights at the model dtype;
 - ``lora-dense``: homogeneous LoRA (A and B) on the dense model at the mix's largest rank,
   FlowerTune / OpenFedLLM style, under each codec;
-- ``famflow``: each client's branch-only LoRA (plus exit adapters when trained) under each rule
-  and codec; fedit and ffa put every node at the largest rank, flexlora and hetlora keep each
-  tier's rank (``server.plans.node_plans``); ffa sends no A.
+- ``famflow``: each client's branch-only LoRA (plus exit adapters when trained; with
+  ``own_exit``, only its own exit's path, ``branch-exits = own``) under each rule and codec;
+  fedit and ffa put every node at the largest rank, flexlora and hetlora keep each tier's
+  rank (``server.plans.node_plans``); ffa sends no A.
 """
 
 from __future__ import annotations
@@ -157,6 +158,7 @@ def analytic_rows(
     rules: list[str],
     codecs: list[str],
     exit_adapters: bool = True,
+    own_exit: bool = False,
 ) -> list[CommRow]:
     """Every scheme's rows: the two FedAvg baselines, dense LoRA per codec, famflow per rule
     and codec."""
@@ -175,7 +177,9 @@ def analytic_rows(
             per_client: dict[str, tuple[Wire, int | None]] = {}
             for node in nodes:
                 rank = famflow_rank(rule, node, nodes)
-                exchanged = shapes.exchanged(node.exit, rank, rule != "ffa", exit_adapters)
+                exchanged = shapes.exchanged(
+                    node.exit, rank, rule != "ffa", exit_adapters, own_exit
+                )
                 per_client[node.tier] = (message_bytes(exchanged, codec), rank)
             rows += _rows("famflow", rule, codec, nodes, per_client, gradient)
     return rows

@@ -1,7 +1,7 @@
 """The bytes one message carries: the tensors a branch exchanges, encoded by a codec.
 
 Shapes come from the clients' own code path, sized on the meta device: ``attach_lora`` on the
-branch a node holds (every exit up to its own, since it trains them all), then
+branch a node holds (every exit up to its own, or its own path with ``branch-exits = own``), then
 ``trainable_state``. Each branch is built once at rank 1; LoRA A (r x in) and B (out x r)
 scale with the rank. Bytes are split the way ``ArrayRecord.count_bytes()`` adds them up: the
 payload (the encoded arrays, int8 scales included) and the framing (per array the .npy header
@@ -97,14 +97,20 @@ class FamilyShapes:
         return self._built[key]
 
     def exchanged(
-        self, exit_depth: int, rank: int, lora_a: bool = True, exit_adapters: bool = True
+        self,
+        exit_depth: int,
+        rank: int,
+        lora_a: bool = True,
+        exit_adapters: bool = True,
+        own_exit: bool = False,
     ) -> Shapes:
         """Keys and shapes a node holding ``exit_depth`` at ``rank`` sends (and receives).
 
         ``lora_a`` False is FFA (A frozen from the shared seed, never sent); exit adapters
-        travel when the federation trains them (``train-exit-adapters``).
+        travel when the federation trains them (``train-exit-adapters``); ``own_exit`` is
+        ``branch-exits = own`` (the node trains its own exit's path only).
         """
-        lora, adapters = self._build(exit_depth, own_path=False)
+        lora, adapters = self._build(exit_depth, own_path=own_exit)
         shapes = _at_rank({k: s for k, s in lora.items() if lora_a or not k.endswith(".A")}, rank)
         return {**shapes, **adapters} if exit_adapters else shapes
 

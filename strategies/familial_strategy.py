@@ -103,6 +103,7 @@ class FamilialStrategy(Strategy):
         config: ConfigRecord,
         kind: str,
         nodes: Iterable[int],
+        keys: dict[int, tuple[str, ...]] | None = None,
     ) -> list[Message]:
         self._global = from_record(arrays)
         traffic = self.traffic.setdefault((server_round, kind), RoundTraffic())
@@ -111,7 +112,8 @@ class FamilialStrategy(Strategy):
         messages = []
         for node in nodes:
             plan = self.plans[node]
-            arrays_for_node = self.rule.slice_for(self._global, plan.keys, plan.rank, plan.scale)
+            node_keys = keys[node] if keys is not None else plan.keys
+            arrays_for_node = self.rule.slice_for(self._global, node_keys, plan.rank, plan.scale)
             if kind == MessageType.TRAIN:
                 self._sent[node] = arrays_for_node
             payload = to_record(encode(arrays_for_node, self.codec, self.codec_reference))
@@ -148,9 +150,11 @@ class FamilialStrategy(Strategy):
         config: ConfigRecord,
         nodes: Iterable[int],
         message_type: str,
+        keys: dict[int, tuple[str, ...]] | None = None,
     ) -> list[Message]:
-        """Messages of another type (``query.calibrate``) to ``nodes``, each with its slice."""
-        return self._messages(server_round, arrays, config, message_type, nodes)
+        """Messages of another type (``query.calibrate``) to ``nodes``, each with its slice
+        (of ``keys[node]`` if given, else of the node's plan)."""
+        return self._messages(server_round, arrays, config, message_type, nodes, keys)
 
     def _usable(self, server_round: int, kind: str, replies: Iterable[Message]) -> list[Message]:
         """Replies without errors, from planned nodes; the rest are dropped with a reason."""

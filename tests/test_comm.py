@@ -186,15 +186,27 @@ def test_tensorboard_gets_cumulative_bytes_across_a_resume(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "rule, codec", [("fedit", "fp32"), ("ffa", "fp16"), ("flexlora", "bf16"), ("hetlora", "int8")]
+    "rule, codec, branch_exits",
+    [
+        ("fedit", "fp32", "held"),
+        ("ffa", "fp16", "held"),
+        ("flexlora", "bf16", "held"),
+        ("hetlora", "int8", "held"),
+        ("flexlora", "int8", "own"),
+    ],
 )
-def test_analytic_bytes_equal_the_bytes_measured_in_a_tiny_run(root, capsys, rule, codec):
+def test_analytic_bytes_equal_the_bytes_measured_in_a_tiny_run(
+    root, capsys, rule, codec, branch_exits
+):
     overrides = {"num-server-rounds": 1, "local-steps": 1, "eval-blocks": 2}
-    simulate(run_config(root, rule=rule, codec=codec, **overrides))
+    simulate(
+        run_config(root, rule=rule, codec=codec, **overrides, **{"branch-exits": branch_exits})
+    )
     run = root / "run"
     rows = training_rounds(read_run(run), run)
     settings = run_settings(run)
-    assert (settings.rule, settings.codec) == (rule, codec)
+    own = branch_exits == "own"
+    assert (settings.rule, settings.codec, settings.own_exit) == (rule, codec, own)
     measured = measured_rows(rows, settings)
     assert {(r.tier, r.direction) for r in measured} == {
         (tier, direction)
@@ -210,7 +222,9 @@ def test_analytic_bytes_equal_the_bytes_measured_in_a_tiny_run(root, capsys, rul
     spec = resolve_model("tiny3")
     nodes = tier_nodes(spec, "device:1,edge:1,cloud:1", batch_size=4, seq_len=16)
     analytic = {
-        r.tier: r for r in analytic_rows(spec, nodes, [rule], [codec]) if r.scheme == "famflow"
+        r.tier: r
+        for r in analytic_rows(spec, nodes, [rule], [codec], own_exit=own)
+        if r.scheme == "famflow"
     }
     for row in measured:
         if row.tier != TOTAL:
@@ -219,7 +233,12 @@ def test_analytic_bytes_equal_the_bytes_measured_in_a_tiny_run(root, capsys, rul
             assert row.payload_per_client == expected.up_per_client
             assert row.measured_per_client == expected.up_per_client + expected.framing_per_client
 
-    if codec == "int8":  # the command line on the same run
+    if own:  # the cloud node sends its own exit's path: less than when it trains them all
+        held = analytic_rows(spec, nodes, [rule], [codec])
+        by_tier = {r.tier: r for r in held if r.scheme == "famflow"}
+        assert analytic["cloud"].up_per_client < by_tier["cloud"].up_per_client
+        assert analytic["device"].up_per_client == by_tier["device"].up_per_client
+    if codec == "int8" and not own:  # the command line on the same run
         plot = root / "cumulative.png"
         assert main(["comm", "--run", str(run), "--plot", str(plot)]) == 0
         out = capsys.readouterr().out

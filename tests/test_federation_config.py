@@ -31,6 +31,8 @@ def test_tiers_follow_the_mix_in_partition_order():
         ({"rounds": 3}, r"Unknown run-config key\(s\) \['rounds'\]"),
         ({"rule": "fedprox"}, "Unknown rule 'fedprox': use one of fedit, ffa, flexlora, hetlora."),
         ({"codec": "int4"}, "Unknown codec 'int4'"),
+        ({"branch-exits": "all"}, "branch-exits .all. is unknown: use held or own."),
+        ({"server-lr": 0.0}, "server-lr, lora-alpha-ratio and round-timeout must be positive"),
         ({"tier-mix": "device=2"}, "is not a list of tier:count pairs"),
         ({"local-steps": 0}, "local-steps must be at least 1"),
         ({"batch-size": "four"}, "run-config batch-size = 'four' is not a int"),
