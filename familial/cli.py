@@ -7,14 +7,25 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
-from familial.argtypes import positive_int
+from familial.argtypes import non_negative_int, positive_int
 from familial.data.cli import add_data_parser
 from familial.errors import FamflowError
 from familial.train_cli import add_train_parsers
 from simulations.comm_cli import add_comm_parser
 
+if TYPE_CHECKING:
+    from familial.presets import ModelSpec
+
 logger = logging.getLogger("famflow")
+
+# Collaborative generation; kept here (no torch import) so that the parser builds fast.
+MODES = ("speculative", "early-exit")
+TRANSPORTS = ("local", "http")
+HIDDEN_CODECS = ("fp32", "fp16", "int8")
+DEFAULT_LINKS = ("10e6,0.05", "100e6,0.01")
+ROUTE_OPTIONS = ("mode", "draft_tokens", "codec", "threshold", "link", "transport")
 
 
 def _size(n: int) -> str:
@@ -60,6 +71,17 @@ def cmd_prepare(args: argparse.Namespace) -> None:
         print(f"{spec.name}: {spec.source} preset, nothing to prepare")
 
 
+def _generate_model(args: argparse.Namespace) -> str:
+    if args.model and args.model_option and args.model != args.model_option:
+        raise FamflowError(
+            f"Two models named ({args.model!r} and --model {args.model_option!r}): name one."
+        )
+    model = args.model or args.model_option
+    if not model:
+        raise FamflowError("Name the model: famflow generate MODEL or --model MODEL.")
+    return model
+
+
 def cmd_generate(args: argparse.Namespace) -> None:
     import time
 
@@ -69,14 +91,24 @@ def cmd_generate(args: argparse.Namespace) -> None:
     from familial.presets import resolve_model
     from familial.tokenizer import load_tokenizer
 
-    spec = resolve_model(args.model)
+    route_only = [
+        f"--{name.replace('_', '-')}" for name in ROUTE_OPTIONS if getattr(args, name) is not None
+    ]
+    if args.route is None and route_only:
+        raise FamflowError(f"{', '.join(route_only)} need --route: add --route device,edge,cloud.")
+    if args.route is not None and args.exit:
+        raise FamflowError("--exit and --route exclude each other: pass one of them.")
+    spec = resolve_model(_generate_model(args))
     tokenizer = load_tokenizer(spec)
-    exits = args.exit or spec.family.exits
     messages = [{"role": "user", "content": args.prompt}]
     prompt = tokenizer.apply_chat_template(
         messages, add_generation_prompt=True, return_tensors="pt"
     )
     input_ids = prompt if not hasattr(prompt, "input_ids") else prompt["input_ids"]
+    if args.route is not None:
+        _generate_along_route(args, spec, tokenizer, input_ids)
+        return
+    exits = args.exit or spec.family.exits
     for depth in exits:
         start = time.perf_counter()
         if args.adapters is None:
@@ -87,6 +119,35 @@ def cmd_generate(args: argparse.Namespace) -> None:
         tokens = generate(branch, input_ids, depth, args.max_new_tokens, tokenizer.eos_token_id)
         text = tokenizer.decode(tokens[0, input_ids.shape[1] :], skip_special_tokens=True)
         print(f"[exit {spec.exit_label(depth)}, loaded in {loaded:.2f}s] {text.strip()}")
+
+
+def _generate_along_route(
+    args: argparse.Namespace, spec: ModelSpec, tokenizer: Any, input_ids: Any
+) -> None:
+    from familial.collab.compare import RouteSettings, compare_route, describe
+    from familial.collab.latency import Link
+    from familial.collab.route import load_route_models, parse_route, tier_names
+
+    exits = parse_route(args.route, spec.family.exits)
+    settings = RouteSettings(
+        mode=args.mode or "speculative",
+        draft_tokens=args.draft_tokens if args.draft_tokens is not None else 4,
+        codec=args.codec or "fp16",
+        threshold=args.threshold if args.threshold is not None else 0.9,
+        transport=args.transport or "local",
+        max_new_tokens=args.max_new_tokens,
+    )
+    links = [[Link.parse(text)] for text in (args.link or DEFAULT_LINKS)]
+    models = load_route_models(spec, exits, args.adapters)
+    comparison = compare_route(models, exits, input_ids, settings, tokenizer.eos_token_id)
+    new = comparison.result.tokens[0, input_ids.shape[1] :]
+    tiers = ", ".join(
+        f"{name}={spec.exit_label(e)}"
+        for name, e in zip(tier_names(len(exits)), exits, strict=True)
+    )
+    print(f"[{settings.mode} along {tiers}] {tokenizer.decode(new, skip_special_tokens=True)}")
+    for line in describe(comparison, links):
+        print(line)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -104,14 +165,45 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("model")
     prepare.set_defaults(run=cmd_prepare)
 
-    gen = sub.add_parser("generate", help="greedy generation from each exit of a family")
-    gen.add_argument("model")
+    gen = sub.add_parser(
+        "generate",
+        help="greedy generation from each exit of a family, or along a device/edge/cloud route",
+    )
+    gen.add_argument("model", nargs="?", help="preset name or local checkpoint path")
+    gen.add_argument("--model", dest="model_option", metavar="MODEL", help="same as MODEL")
     gen.add_argument("--prompt", default="What is the capital of France?")
     gen.add_argument("--exit", type=int, action="append", help="exit depth (repeatable)")
     gen.add_argument("--max-new-tokens", type=positive_int, default=24)
     gen.add_argument(
-        "--adapters", default=None, help="output of train-local/familialize (exit adapters, LoRA)"
+        "--adapters",
+        default=None,
+        help="output of train-local/familialize (exit adapters, LoRA); with --route also a "
+        "federation export directory (exit-E/ per exit)",
     )
+    collab = gen.add_argument_group("collaborative inference (familial.collab)")
+    collab.add_argument(
+        "--route",
+        help="tiers from the device up: device,edge,cloud (the family's first, second and "
+        "deepest exits) or exit depths, e.g. 10,20,30",
+    )
+    collab.add_argument("--mode", choices=MODES, help="default speculative")
+    collab.add_argument(
+        "--draft-tokens", type=non_negative_int, help="tokens the device drafts per round (4)"
+    )
+    collab.add_argument(
+        "--codec", choices=HIDDEN_CODECS, help="hidden states on the wire (default fp16)"
+    )
+    collab.add_argument(
+        "--threshold", type=float, help="early exit: top probability a tier needs (0.9)"
+    )
+    collab.add_argument(
+        "--link",
+        action="append",
+        metavar="BW,RTT",
+        help="link of every hop in bit/s and seconds, repeatable: one latency line per link "
+        f"(default {' and '.join(DEFAULT_LINKS)})",
+    )
+    collab.add_argument("--transport", choices=TRANSPORTS, help="local (default) or http")
     gen.set_defaults(run=cmd_generate)
 
     add_data_parser(sub)

@@ -57,9 +57,8 @@ class TierNode:
         name: str = "",
     ) -> None:
         exit_model = trunk if exit_model is None else exit_model
-        if not 0 <= start < stop <= len(trunk.model.layers) and not (
-            start == stop and exit_model.has_exit_layer(exit_depth)
-        ):
+        runs_a_layer = start < stop or exit_model.has_exit_layer(exit_depth)
+        if not (0 <= start <= stop <= len(trunk.model.layers) and runs_a_layer):
             raise FamflowError(
                 f"A node needs trunk layers [{start}, {stop}) within the "
                 f"{len(trunk.model.layers)} layers its model holds: load a deeper branch."

@@ -1,0 +1,98 @@
+"""End-to-end latency from a link model and the compute times measured in a run.
+
+A hop (device -> edge, edge -> cloud) costs its round-trip time plus the bytes of the request
+and the reply at its bandwidth. A collaborative run is a chain of steps: per step the device
+computes, and if it hands up, each hop and each tier's compute follow in turn (the trace a
+reply carries). Cloud-only sends the prompt's token ids to the cloud over every hop, the
+cloud runs the full model, and the new token ids come back in one streamed reply; the
+per-token variant pays a round trip per new token instead (a client that sends each token
+back, as interactive control would). Device-only is the device branch's own generation
+time. All compute times are measured on this machine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from familial.collab.decoding import CollabResult
+from familial.collab.protocol import TOKEN_BYTES
+from familial.errors import FamflowError
+
+
+@dataclass(frozen=True)
+class Link:
+    bandwidth_bps: float
+    rtt_s: float
+
+    def __post_init__(self) -> None:
+        if not self.bandwidth_bps > 0 or not self.rtt_s >= 0:
+            raise FamflowError(
+                f"A link needs bandwidth > 0 bit/s and RTT >= 0 s, got {self.bandwidth_bps}, "
+                f"{self.rtt_s}: e.g. 10e6,0.05."
+            )
+
+    def exchange_s(self, request_bytes: int, reply_bytes: int) -> float:
+        return self.rtt_s + 8 * (request_bytes + reply_bytes) / self.bandwidth_bps
+
+    @classmethod
+    def parse(cls, text: str) -> Link:
+        """``BANDWIDTH,RTT`` in bit/s and seconds, e.g. ``10e6,0.05``."""
+        try:
+            bandwidth, rtt = (float(part) for part in text.split(","))
+        except ValueError:
+            raise FamflowError(
+                f"A link is BANDWIDTH,RTT in bit/s and seconds, got {text!r}: e.g. 10e6,0.05."
+            ) from None
+        return cls(bandwidth, rtt)
+
+    def describe(self) -> str:
+        return f"{self.bandwidth_bps / 1e6:g} Mbit/s, {self.rtt_s * 1e3:g} ms RTT"
+
+
+def per_hop(links: Sequence[Link], hops: int) -> list[Link]:
+    """One link per hop: a single link stands for every hop."""
+    if len(links) == 1:
+        return list(links) * hops
+    if len(links) != hops:
+        raise FamflowError(
+            f"The route has {hops} hops and {len(links)} links were given: give one link "
+            "for every hop, or one for all."
+        )
+    return list(links)
+
+
+def collaborative_latency(result: CollabResult, hop_links: Sequence[Link]) -> float:
+    """Seconds of the run: device compute, then per hand-up every hop and upper tier.
+
+    ``hop_links[i]`` is the link from tier i to tier i + 1 (see ``per_hop``).
+    """
+    total = 0.0
+    for step in result.rounds:
+        total += step.trace[0].compute_s
+        for hop, (lower, upper) in enumerate(zip(step.trace, step.trace[1:], strict=False)):
+            total += hop_links[hop].exchange_s(lower.request_bytes, lower.reply_bytes)
+            total += upper.compute_s
+    return total
+
+
+def cloud_only_bytes(prompt_tokens: int, new_tokens: int) -> tuple[int, int]:
+    """(request, reply) bytes of cloud-only generation: token ids as int32."""
+    return TOKEN_BYTES * prompt_tokens, TOKEN_BYTES * new_tokens
+
+
+def cloud_only_latency(
+    prompt_tokens: int, new_tokens: int, cloud_compute_s: float, hop_links: Sequence[Link]
+) -> float:
+    """One request over every hop (the path to the cloud), plus the full model's time."""
+    request, reply = cloud_only_bytes(prompt_tokens, new_tokens)
+    return cloud_compute_s + sum(link.exchange_s(request, reply) for link in hop_links)
+
+
+def cloud_per_token_latency(
+    prompt_tokens: int, new_tokens: int, cloud_compute_s: float, hop_links: Sequence[Link]
+) -> float:
+    """Cloud-only with one round trip per new token: the prompt first, then one id each way."""
+    first = sum(link.exchange_s(TOKEN_BYTES * prompt_tokens, TOKEN_BYTES) for link in hop_links)
+    rest = sum(link.exchange_s(TOKEN_BYTES, TOKEN_BYTES) for link in hop_links)
+    return cloud_compute_s + first + max(0, new_tokens - 1) * rest

@@ -1,0 +1,100 @@
+"""``famflow generate --route`` and the collaborative inference benchmark on the tiny preset."""
+
+import importlib.util
+import re
+
+import pytest
+
+from familial.cli import main
+from familial.paths import REPO_ROOT
+from familial.presets import resolve_model
+
+
+def load_benchmark():
+    """benchmarks/ is no package (and site-packages may hold one by that name): load by path."""
+    path = REPO_ROOT / "benchmarks" / "collab_inference.py"
+    spec = importlib.util.spec_from_file_location("collab_inference_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_generate_along_a_route_prints_text_rounds_bytes_and_latency(capsys):
+    argv = ["generate", "--model", "tiny", "--route", "device,cloud", "--max-new-tokens", "8"]
+    argv += ["--codec", "fp32", "--draft-tokens", "3", "--transport", "http"]
+    argv += ["--link", "10e6,0.05", "--link", "100e6,0.01"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("[speculative along device=2, cloud=4] ")
+    assert re.search(r"\d\.\d\d accepted tokens per round trip, acceptance rate", out)
+    bytes_per_token = re.search(r"bytes over the device link per token: ([\d,]+) ", out)
+    assert bytes_per_token and int(bytes_per_token[1].replace(",", "")) > 0
+    assert "identical to cloud-only greedy output: yes" in out
+    assert "latency over 10 Mbit/s, 50 ms RTT: collaborative" in out
+    assert "latency over 100 Mbit/s, 10 ms RTT: collaborative" in out
+
+
+def test_generate_early_exit_mode(capsys):
+    argv = ["generate", "tiny", "--route", "2,4", "--mode", "early-exit", "--threshold", "2"]
+    assert main([*argv, "--max-new-tokens", "4", "--codec", "fp32"]) == 0
+    out = capsys.readouterr().out
+    assert "tokens decided by exit 2: 0, exit 4: 4; 4 hand-ups" in out
+    assert "identical to cloud-only greedy output: yes" in out
+
+
+def test_generate_per_exit_still_works(capsys):
+    assert main(["generate", "tiny", "--exit", "2", "--max-new-tokens", "3"]) == 0
+    assert capsys.readouterr().out.startswith("[exit 2, loaded in ")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["tiny", "--mode", "early-exit"], "--mode need --route: add --route device,edge,cloud."),
+        (["tiny", "--draft-tokens", "0"], "--draft-tokens need --route"),
+        (["tiny", "--route", "device,cloud", "--exit", "2"], "--exit and --route exclude"),
+        (["tiny", "--model", "other"], "Two models named"),
+        ([], "Name the model"),
+        (["tiny", "--route", "device,cloud", "--link", "fast"], "BANDWIDTH,RTT"),
+    ],
+)
+def test_generate_mistakes_are_one_sentence(capsys, argv, message):
+    assert main(["generate", *argv]) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_benchmark_core_on_the_tiny_preset():
+    bench = load_benchmark()
+    result = bench.benchmark(
+        resolve_model("tiny"),
+        route="device,cloud",
+        prompts=bench.PROMPTS[:2],
+        draft_tokens=(2,),
+        thresholds=(0.5,),
+        codec="fp32",
+        max_new_tokens=6,
+    )
+    speculative, early = result["rows"]
+    assert speculative["identical"] == 2 and speculative["prompts"] == 2
+    assert 0 <= speculative["acceptance_rate"] <= 1 and speculative["tokens_per_round_trip"] >= 1
+    assert early["acceptance_rate"] is None and sum(early["decided_per_tier"]) == 12
+    for row in result["rows"]:
+        assert set(row["latency"]) == {"10 Mbit/s, 50 ms RTT", "100 Mbit/s, 10 ms RTT"}
+        slow = row["latency"]["10 Mbit/s, 50 ms RTT"]
+        assert slow["speedup_vs_cloud"] == pytest.approx(
+            slow["cloud_only_s"] / slow["collaborative_s"]
+        )
+    hf = result["hf_assisted"]
+    assert hf["assistant_early_exit"] == 2 and hf["identical"] == 2
+    table = bench.format_table(result)
+    assert "speculative k=2" in table and "early exit p>=0.5" in table
+    assert "transformers assisted generation (assistant_early_exit=2" in table
+
+
+def test_cli_choices_match_the_library():
+    """The parser keeps its own copies (it builds without importing torch)."""
+    from familial import cli
+    from familial.collab import compare, protocol
+
+    assert cli.HIDDEN_CODECS == protocol.HIDDEN_CODECS
+    assert cli.MODES == compare.MODES and cli.TRANSPORTS == compare.TRANSPORTS
