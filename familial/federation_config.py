@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Any
 
 from familial.errors import FamflowError
@@ -10,6 +11,8 @@ from familial.errors import FamflowError
 RULES: tuple[str, ...] = ("fedit", "ffa", "flexlora", "hetlora")
 CODECS: tuple[str, ...] = ("fp32", "fp16", "bf16", "int8")
 BRANCH_EXITS: tuple[str, ...] = ("held", "own")
+# strategies.robust.ROBUST_METHODS (familial/ does not import strategies/).
+ROBUST: tuple[str, ...] = ("none", "clip", "trimmed-mean", "median")
 
 
 @dataclass
@@ -27,6 +30,15 @@ class FederationConfig:
     Held-out evaluation runs before round 1, every ``evaluate_every`` rounds and after the last.
     ``calibrate_exits`` fits the shallow exits' full translators in closed form before round 1,
     from statistics of ``calibration_blocks`` training blocks per node holding the deepest exit.
+
+    Bad replies and robust aggregation (``strategies.validation``, ``strategies.robust``):
+    a reply whose change of some key has an RMS above ``outlier_norm_ratio`` times the median
+    of that key's holders (at least 3) is dropped (0: never). ``robust`` works on each node's
+    change from the slice it was sent, per key over the nodes holding it, before the rule
+    aggregates: ``none``; ``clip`` (each change scaled to a norm of at most ``clip_norm``; 0:
+    the holders' median, per value); ``trimmed-mean`` (per coordinate, the mean without the
+    ``trim_ratio`` share of largest and of smallest values) or ``median`` (per coordinate).
+    Trimmed mean and median count each holder once: example counts do not weight them.
     """
 
     model: str = "smollm2-135m"
@@ -59,6 +71,10 @@ class FederationConfig:
     out_dir: str = "runs/federation"
     resume: str = ""
     export_merged: bool = False
+    robust: str = "none"
+    clip_norm: float = 0.0
+    trim_ratio: float = 0.2
+    outlier_norm_ratio: float = 10.0
 
     def __post_init__(self) -> None:
         if self.rule not in RULES:
@@ -67,6 +83,16 @@ class FederationConfig:
             raise FamflowError(f"Unknown codec {self.codec!r}: use one of {', '.join(CODECS)}.")
         if self.branch_exits not in BRANCH_EXITS:
             raise FamflowError(f"branch-exits {self.branch_exits!r} is unknown: use held or own.")
+        if self.robust not in ROBUST:
+            raise FamflowError(f"Unknown robust {self.robust!r}: use one of {', '.join(ROBUST)}.")
+        if not self.clip_norm >= 0:
+            raise FamflowError(f"clip-norm must be 0 (adaptive) or positive, got {self.clip_norm}.")
+        if not 0 <= self.trim_ratio < 0.5:
+            raise FamflowError(f"trim-ratio must be in [0, 0.5), got {self.trim_ratio}.")
+        if not (self.outlier_norm_ratio == 0 or self.outlier_norm_ratio > 1):
+            raise FamflowError(
+                f"outlier-norm-ratio must be 0 (off) or above 1, got {self.outlier_norm_ratio}."
+            )
         positive = ("num_server_rounds", "local_steps", "batch_size", "seq_len", "min_nodes")
         for name in (*positive, "evaluate_every", "calibration_blocks"):
             if getattr(self, name) < 1:
@@ -78,6 +104,44 @@ class FederationConfig:
                 "lr, server-lr, lora-alpha-ratio and round-timeout must be positive."
             )
         self.tier_counts()
+
+    def check_setup(self) -> None:
+        """What the run needs exists, checked before any node is asked: the model (a preset
+        whose exits its layers allow, or a checkpoint), every tier of the mix (in the tiers
+        file, with a rank >= 1 and memory for the smallest branch), enough tiered nodes for
+        ``min_nodes``, and the dataset."""
+        from familial.data.config import CORPUS_NAMES
+        from familial.hardware import GIB, get_tier, load_tiers
+        from familial.presets import resolve_model
+        from familial.sizing import training_memory_bytes
+
+        spec = resolve_model(self.model)
+        counts = self.tier_counts()
+        total = sum(count for _, count in counts)
+        if total < self.min_nodes:
+            raise FamflowError(
+                f"tier-mix {self.tier_mix!r} has fewer nodes ({total}) than min-nodes "
+                f"({self.min_nodes}): give the tiers counts that add up to at least min-nodes."
+            )
+        tiers = load_tiers()
+        shallowest = spec.family.exits[0]
+        for name in sorted({name for name, count in counts if count > 0}):
+            tier = get_tier(name, tiers)
+            needed = training_memory_bytes(
+                spec, shallowest, tier.rank, self.batch_size, self.seq_len
+            )
+            if needed > tier.memory_gb * GIB:
+                raise FamflowError(
+                    f"Tier {name} ({tier.memory_gb:g} GiB) holds no branch of {spec.name}: its "
+                    f"smallest, exit {shallowest}, needs {needed / GIB:.3g} GiB at batch "
+                    f"{self.batch_size} x {self.seq_len}; raise memory-gb or lower batch-size "
+                    "or seq-len."
+                )
+        if self.dataset not in CORPUS_NAMES and not Path(self.dataset).expanduser().exists():
+            raise FamflowError(
+                f"dataset {self.dataset!r} is neither {' nor '.join(CORPUS_NAMES)} nor an "
+                "existing file or directory: fix the path or name a corpus."
+            )
 
     def exits_of_branch(self, exit_depth: int) -> list[int] | None:
         """The exits a node holding ``exit_depth`` trains (None: every exit up to it)."""

@@ -12,7 +12,9 @@ from typing import Any
 from flwr.app import ConfigRecord, Message, MessageType, MetricRecord
 from flwr.serverapp import Grid
 
+from familial.errors import FamflowError
 from familial.federation_config import FederationConfig
+from familial.presets import resolve_model
 from server.calibration import calibrate_translators
 from server.checkpoints import load_checkpoint, save_checkpoint
 from server.export import export_branches
@@ -21,7 +23,9 @@ from server.profiles import query_profiles
 from server.records import RoundRecorder, read_rows
 from strategies.familial_strategy import FamilialStrategy, NodePlan, RoundTraffic
 from strategies.records import from_record, to_record
+from strategies.robust import RobustSettings
 from strategies.rules import get_rule
+from strategies.validation import ReplyLimits
 
 logger = logging.getLogger("famflow.server")
 
@@ -53,11 +57,7 @@ def round_row(
     train_replies: list[Message],
     seconds: float,
 ) -> dict[str, Any]:
-    train_seconds = [
-        float(r.content["metrics"].get("client-seconds", 0))
-        for r in train_replies
-        if not r.has_error() and "metrics" in r.content
-    ]
+    train_seconds = [client_seconds(r) for r in train_replies if not r.has_error()]
     return {
         "round": server_round,
         "exits": exits_of(evaluation),
@@ -74,23 +74,65 @@ def round_row(
         "bytes_down": sum(traffic.down.values()),
         "bytes_up": sum(traffic.up.values()),
         "dropped": {str(node): reason for node, reason in traffic.dropped.items()},
+        "dropped_reasons": traffic.reason_counts(),
         "seconds": seconds,
         "train_seconds_max": max(train_seconds, default=0.0),
         "train_seconds_sum": sum(train_seconds),
     }
 
 
+def client_seconds(reply: Message) -> float:
+    """The seconds a node reports for its training, 0 when it reports no finite number."""
+    metrics = reply.content.get("metrics")
+    value = metrics.get("client-seconds", 0) if isinstance(metrics, MetricRecord) else 0
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) else 0.0
+
+
+def usable_profiles(
+    config: FederationConfig, profiles: dict[int, dict[str, Any]]
+) -> dict[int, dict[str, Any]]:
+    """The profiles a node plan can be built from; a node whose profile names no exit of the
+    family, no LoRA rank >= 1, no tier or no device is left out with a logged reason."""
+    exits = resolve_model(config.model).family.exits
+    usable = {}
+    for node, profile in profiles.items():
+        depth, rank = profile.get("exit"), profile.get("rank")
+        tier, device = profile.get("tier"), profile.get("device")
+        if not (_whole(depth) and depth in exits):
+            reason = f"its exit {depth!r} is not one of the family's exits {exits}"
+        elif not (_whole(rank) and rank >= 1):
+            reason = f"its LoRA rank {rank!r} is not a whole number >= 1"
+        elif not isinstance(tier, str) or device not in ("cpu", "cuda"):
+            reason = f"its tier {tier!r} or device {device!r} is unusable"
+        else:
+            usable[node] = profile
+            continue
+        logger.warning("node %d left out: %s", node, reason)
+    if len(usable) < config.min_nodes:
+        raise FamflowError(
+            f"Only {len(usable)} of {len(profiles)} nodes sent a usable profile (min-nodes "
+            f"{config.min_nodes}): see the warnings above."
+        )
+    return usable
+
+
+def _whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def run_federation(grid: Grid, config: FederationConfig) -> list[dict[str, Any]]:
     """Run the federation described by ``config``; returns the per-round rows."""
     out = Path(config.out_dir)
-    profiles = query_profiles(grid, config.min_nodes, config.round_timeout)
-    plans = node_plans(config, profiles)
-    rank = max(plan.rank for plan in plans.values())
+    config.check_setup()
+    resumed = load_checkpoint(Path(config.resume)) if config.resume else None
     rule = get_rule(config.rule)
+    profiles = query_profiles(grid, config.min_nodes, config.round_timeout)
+    plans = node_plans(config, usable_profiles(config, profiles))
+    rank = max(plan.rank for plan in plans.values())
     start_round = 1
     fresh = initial_global_state(config, rank)
-    if config.resume:
-        last_round, arrays, _ = load_checkpoint(Path(config.resume))
+    if resumed is not None:
+        last_round, arrays, _ = resumed
         start_round = last_round + 1
         logger.info("resuming after round %d from %s", last_round, config.resume)
     else:
@@ -107,6 +149,8 @@ def run_federation(grid: Grid, config: FederationConfig) -> list[dict[str, Any]]
         seed=config.seed,
         codec_reference=codec_reference(fresh),
         server_lr=config.server_lr,
+        robust=RobustSettings(config.robust, config.clip_norm, config.trim_ratio),
+        limits=ReplyLimits(outlier_norm_ratio=config.outlier_norm_ratio),
     )
     strategy.summary()
     recorder = RoundRecorder(out)
@@ -120,7 +164,7 @@ def run_federation(grid: Grid, config: FederationConfig) -> list[dict[str, Any]]
             strategy.configure_evaluate(0, record, ConfigRecord(), grid), timeout=timeout
         )
         evaluation = strategy.aggregate_evaluate(0, replies)
-        calibration.dropped |= strategy.traffic[(0, MessageType.EVALUATE)].dropped
+        calibration.merge_drops(strategy.traffic[(0, MessageType.EVALUATE)])
         recorder.record(round_row(0, plans, calibration, evaluation, [], 0.0))
     for server_round in range(start_round, config.num_server_rounds + 1):
         start = time.perf_counter()

@@ -36,6 +36,11 @@ class RoundRecorder:
         for name in BYTES:
             self.cumulative[name] += row.get(name, 0)
             self.writer.add_scalar(f"cumulative/{name}", self.cumulative[name], step)
+        # Replies dropped per reason (strategies.validation.REASONS), and in all.
+        reasons = row.get("dropped_reasons", {})
+        self.writer.add_scalar("round/dropped", sum(reasons.values()), step)
+        for reason, count in reasons.items():
+            self.writer.add_scalar(f"dropped/{reason}", count, step)
         self.writer.flush()
 
     def close(self) -> None:

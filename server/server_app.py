@@ -6,21 +6,44 @@ import logging
 from typing import Any
 
 from flwr.app import Context
+from flwr.app.exception import AppExitException
 from flwr.serverapp import Grid, ServerApp
+from flwr.supercore.exit import ExitCode
 
+from familial.errors import FamflowError
 from familial.federation_config import FederationConfig
 from server.federation import run_federation
 from server.report import print_report
 
+logger = logging.getLogger("famflow")
+
+
+class RunStopped(AppExitException):
+    """A mistake the user can fix stopped the run; its one sentence is already logged."""
+
+    exit_code = ExitCode.SERVERAPP_EXCEPTION
+
+
+class DropRunStoppedTraceback(logging.Filter):
+    """Flower logs a ServerApp's exception with its traceback, and exits non-zero; for a
+    ``RunStopped`` the logged sentence is the whole story, so the traceback goes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], RunStopped):
+            record.exc_info, record.exc_text = None, None
+        return True
+
 
 def log_progress() -> None:
     """famflow's per-round lines on stderr (the ServerApp process has no logging set up)."""
-    logger = logging.getLogger("famflow")
     if not logger.handlers:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("famflow: %(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
+    flower = logging.getLogger("flwr")
+    if not any(isinstance(f, DropRunStoppedTraceback) for f in flower.filters):
+        flower.addFilter(DropRunStoppedTraceback())
 
 
 def make_server_app(overrides: dict[str, Any] | None = None) -> ServerApp:
@@ -30,8 +53,13 @@ def make_server_app(overrides: dict[str, Any] | None = None) -> ServerApp:
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         log_progress()
-        config = FederationConfig.from_run_config({**context.run_config, **(overrides or {})})
-        print_report(run_federation(grid, config), config)
+        try:
+            config = FederationConfig.from_run_config({**context.run_config, **(overrides or {})})
+            rows = run_federation(grid, config)
+        except FamflowError as error:
+            logger.error("error: %s", error)
+            raise RunStopped(str(error)) from None
+        print_report(rows, config)
 
     return app
 

@@ -10,19 +10,31 @@ from __future__ import annotations
 import logging
 import math
 import random
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from familial.codecs import decode, encode
+from familial.codecs import encode
 from familial.errors import FamflowError
 from strategies.records import from_record, to_record
+from strategies.robust import RobustSettings, robust_updates
 from strategies.rules import AggregationRule, ClientUpdate, FlexLoRA
 from strategies.server_step import server_step
+from strategies.validation import (
+    ReplyError,
+    ReplyLimits,
+    check_metrics,
+    check_rule,
+    decode_payload,
+    norm_outliers,
+    read_payload,
+)
 
 logger = logging.getLogger("famflow.strategies")
 
@@ -42,11 +54,34 @@ class NodePlan:
 
 @dataclass
 class RoundTraffic:
-    """Bytes on the wire per node in one round, measured on the ArrayRecords sent."""
+    """Bytes on the wire per node in one round, measured on the ArrayRecords sent, and the
+    replies dropped: a sentence and a reason code (``strategies.validation.REASONS``) each."""
 
     down: dict[int, int] = field(default_factory=dict)
     up: dict[int, int] = field(default_factory=dict)
     dropped: dict[int, str] = field(default_factory=dict)
+    reasons: dict[int, str] = field(default_factory=dict)
+
+    def drop(self, node: int, reason: str, sentence: str) -> None:
+        self.dropped[node] = sentence
+        self.reasons[node] = reason
+
+    def merge_drops(self, other: RoundTraffic) -> None:
+        self.dropped |= other.dropped
+        self.reasons |= other.reasons
+
+    def reason_counts(self) -> dict[str, int]:
+        """Dropped replies per reason (``other`` for a drop recorded without one)."""
+        return dict(sorted(Counter(self.reasons.get(n, "other") for n in self.dropped).items()))
+
+
+class Accepted(NamedTuple):
+    """A train reply that passed every check: its node, update, metrics and bytes."""
+
+    node: int
+    update: ClientUpdate
+    metrics: MetricRecord
+    size: int
 
 
 class FamilialStrategy(Strategy):
@@ -63,9 +98,13 @@ class FamilialStrategy(Strategy):
         seed: int = 0,
         codec_reference: dict[str, np.ndarray] | None = None,
         server_lr: float = 1.0,
+        robust: RobustSettings | None = None,
+        limits: ReplyLimits | None = None,
     ) -> None:
         self.rule = rule
         self.server_lr = server_lr
+        self.robust = robust or RobustSettings()
+        self.limits = limits or ReplyLimits()
         self.plans = plans
         self.codec = codec
         # Exit adapters as the checkpoint builds them, which every node builds too (codecs).
@@ -82,8 +121,9 @@ class FamilialStrategy(Strategy):
     def summary(self) -> None:
         tiers = sorted({(p.tier, p.exit, p.rank) for p in self.plans.values()})
         logger.info(
-            "FamilialStrategy: rule %s, codec %s, %d nodes, (tier, exit, rank) %s",
+            "FamilialStrategy: rule %s, robust %s, codec %s, %d nodes, (tier, exit, rank) %s",
             self.rule.name,
+            self.robust.method,
             self.codec,
             len(self.plans),
             tiers,
@@ -163,73 +203,108 @@ class FamilialStrategy(Strategy):
         for reply in replies:
             node = reply.metadata.src_node_id
             if node not in self.plans:
-                traffic.dropped[node] = "not a profiled node"
+                traffic.drop(node, "not-profiled", "not a profiled node")
             elif reply.has_error():
-                traffic.dropped[node] = f"client error: {reply.error.reason}"
-            elif "metrics" not in reply.content:
-                traffic.dropped[node] = "reply without metrics"
+                traffic.drop(node, "client-error", f"client error: {reply.error.reason}")
             else:
                 usable.append(reply)
         return usable
 
-    def _update(self, reply: Message) -> ClientUpdate:
+    def _update(self, reply: Message) -> tuple[ClientUpdate, MetricRecord]:
+        """The reply's update, checked (``strategies.validation``), and its metrics."""
         node = reply.metadata.src_node_id
         plan = self.plans[node]
         if node not in self._sent:
-            raise FamflowError("the node was not sent anything to train this round")
-        if "arrays" not in reply.content:
-            raise FamflowError("the reply carries no arrays")
+            raise ReplyError("not-sent", "the node was not sent anything to train this round")
+        metrics = check_metrics(reply.content, MessageType.TRAIN, plan.exit)
+        sent = self._sent[node]
+        wire = read_payload(reply.content, sent, self.codec, self._global.keys(), self.limits)
         # The node encoded its change from the decoded slice it got; adding that change to the
         # exact slice keeps the downlink's rounding out of the global adapters.
-        arrays = decode(from_record(reply.content["arrays"]), self.codec, self._sent[node])
-        if set(arrays) != set(plan.keys):
-            missing = sorted(set(plan.keys) - set(arrays))[:3]
-            unexpected = sorted(set(arrays) - set(plan.keys))[:3]
-            raise FamflowError(
-                f"keys do not match the node's branch (missing {missing}, unexpected {unexpected})"
+        arrays = decode_payload(wire, self.codec, sent)
+        update = ClientUpdate(arrays, int(metrics["num-examples"]), plan.rank, plan.scale)
+        check_rule(self.rule, self._global, update)
+        return update, metrics
+
+    def _accepted(self, reply: Message, traffic: RoundTraffic) -> Accepted | None:
+        node = reply.metadata.src_node_id
+        try:
+            update, metrics = self._update(reply)
+            return Accepted(node, update, metrics, reply.content["arrays"].count_bytes())
+        except ReplyError as error:
+            traffic.drop(node, error.reason, str(error))
+        # A reply is untrusted input: whatever a check failed to foresee drops it, not the run.
+        except Exception as error:
+            logger.debug("unforeseen bad reply from node %d", node, exc_info=True)
+            traffic.drop(node, "malformed", f"unreadable reply ({type(error).__name__}: {error})")
+        return None
+
+    def _log_drops(self, server_round: int, kind: str) -> None:
+        traffic = self.traffic.get((server_round, kind), RoundTraffic())
+        for node, sentence in traffic.dropped.items():
+            logger.warning(
+                "round %d: dropped the %s reply of node %d (%s: %s)",
+                server_round,
+                kind,
+                node,
+                traffic.reasons.get(node, "other"),
+                sentence,
             )
-        examples = reply.content["metrics"].get("num-examples", 0)
-        update = ClientUpdate(arrays, int(examples), plan.rank, plan.scale)
-        self.rule.validate(self._global, update)
-        return update
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         traffic = self.traffic.setdefault((server_round, MessageType.TRAIN), RoundTraffic())
-        updates, metrics = [], []
-        for reply in self._usable(server_round, MessageType.TRAIN, replies):
-            node = reply.metadata.src_node_id
-            try:
-                updates.append(self._update(reply))
-            except (FamflowError, KeyError, TypeError, ValueError) as error:
-                traffic.dropped[node] = f"bad update: {error}"
-                continue
-            traffic.up[node] = reply.content["arrays"].count_bytes()
-            metrics.append(reply.content["metrics"])
-        for node, reason in traffic.dropped.items():
-            logger.warning(
-                "round %d: dropped the reply of node %d (%s)", server_round, node, reason
-            )
-        if not updates:
+        usable = self._usable(server_round, MessageType.TRAIN, replies)
+        checked = [self._accepted(reply, traffic) for reply in usable]
+        accepted = [entry for entry in checked if entry is not None]
+        outliers = norm_outliers(
+            [entry.update for entry in accepted],
+            [self._sent[entry.node] for entry in accepted],
+            self.limits,
+        )
+        for index, sentence in outliers.items():
+            traffic.drop(accepted[index].node, "norm-outlier", sentence)
+        accepted = [entry for i, entry in enumerate(accepted) if i not in outliers]
+        traffic.up |= {entry.node: entry.size for entry in accepted}
+        self._log_drops(server_round, MessageType.TRAIN)
+        if not accepted:
             logger.warning("round %d: no usable update, the global adapters stay", server_round)
             return None, None
+        updates = [entry.update for entry in accepted]
+        sent = [self._sent[entry.node] for entry in accepted]
+        on_products = isinstance(self.rule, FlexLoRA)
         try:
-            aggregate = self.rule.aggregate(self._global, updates)
-        except FamflowError as error:
+            # Finite but absurd values (a key with too few holders to compare) may overflow.
+            with np.errstate(over="ignore", invalid="ignore"):
+                aggregate = self.rule.aggregate(
+                    self._global, robust_updates(updates, sent, self.robust)
+                )
+                new = server_step(self._global, aggregate, self.server_lr, on_products)
+            if not all(np.isfinite(value).all() for value in new.values()):
+                raise FamflowError("it holds NaN or inf values")
+        except (FamflowError, np.linalg.LinAlgError) as error:
             logger.warning(
                 "round %d: aggregation failed, the global adapters stay (%s)", server_round, error
             )
             return None, None
-        on_products = isinstance(self.rule, FlexLoRA)
-        self._global = server_step(self._global, aggregate, self.server_lr, on_products)
+        self._global = new
+        metrics = [entry.metrics for entry in accepted]
         return to_record(self._global), weighted_exit_means(metrics, "num-examples", "loss-exit-")
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
-        usable = self._usable(server_round, MessageType.EVALUATE, replies)
-        metrics = [reply.content["metrics"] for reply in usable]
+        traffic = self.traffic.setdefault((server_round, MessageType.EVALUATE), RoundTraffic())
+        metrics = []
+        for reply in self._usable(server_round, MessageType.EVALUATE, replies):
+            node = reply.metadata.src_node_id
+            try:
+                deepest = self.plans[node].exit
+                metrics.append(check_metrics(reply.content, MessageType.EVALUATE, deepest))
+            except ReplyError as error:
+                traffic.drop(node, error.reason, str(error))
+        self._log_drops(server_round, MessageType.EVALUATE)
         if not metrics:
             return None
         losses = weighted_exit_means(metrics, "num-tokens", "loss-exit-")
