@@ -27,5 +27,11 @@ stop_started_flower_processes() {
 trap stop_started_flower_processes EXIT
 flwr run . --stream --federation-config "num-supernodes=6" "$@"
 
+# `flwr run --stream` exits 0 even when the ServerApp stopped on an error: check its output.
+if [[ ! -d runs/federation/export/exit-10 ]]; then
+  echo "famflow: the federation did not finish (its error is in the log above)." >&2
+  exit 1
+fi
+
 famflow generate smollm2-135m --exit 10 --adapters runs/federation/export/exit-10 \
   --prompt "What is the capital of France?" --max-new-tokens 16
