@@ -25,6 +25,7 @@ stop_started_flower_processes() {
   done
 }
 trap stop_started_flower_processes EXIT
+rm -rf runs/federation/export  # the previous run's, so that the check below sees this run's
 flwr run . --stream --federation-config "num-supernodes=6" "$@"
 
 # `flwr run --stream` exits 0 even when the ServerApp stopped on an error: check its output.
