@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from flwr.supercore.task_identity import TaskIdentity
 from transformers import (
     AutoModelForCausalLM,
     LlamaConfig,
@@ -108,3 +109,10 @@ def root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     for key, value in write_federation_files(tmp_path).items():
         monkeypatch.setenv(key, value)
     return tmp_path
+
+
+@pytest.fixture
+def server_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Messages are stamped with the identity of the process's task (a ServerApp's)."""
+    for name, value in (("_run_id", 1), ("_node_id", 0), ("_task_id", 1)):
+        monkeypatch.setattr(TaskIdentity, name, value)

@@ -1,7 +1,8 @@
 """A FamilialStrategy of four nodes with their slices sent, and train replies built by hand.
 
 Nodes 11, 12 and 13 hold exit 1 (trunk layer 0) at LoRA rank 2, node 14 exit 2 (layers 0
-and 1) at rank 4, the global rank. Messages need a task identity: use ``server_identity``.
+and 1) at rank 4, the global rank. Messages need a task
+identity: the ``server_identity`` fixture (conftest).
 """
 
 from __future__ import annotations
@@ -9,9 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from familial.codecs import decode, encode
 from strategies.familial_strategy import FamilialStrategy, NodePlan
@@ -86,10 +85,3 @@ def reply(sent: Message, wire: Any = None, metrics: Any = None) -> Message:
 def honest_reply(sent: Message, codec: str, seed: int, frozen_a: bool = False) -> Message:
     wire = honest_wire(sent, codec, seed, frozen_a=frozen_a)
     return reply(sent, wire, {"num-examples": 8})
-
-
-@pytest.fixture
-def server_identity(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Messages are stamped with the identity of the process's task (a ServerApp's)."""
-    for name, value in (("_run_id", 1), ("_node_id", 0), ("_task_id", 1)):
-        monkeypatch.setattr(TaskIdentity, name, value)

@@ -23,7 +23,6 @@ from tests.reply_setup import (
     make_strategy,
     reply,
     send,
-    server_identity,  # noqa: F401 (fixture)
 )
 
 pytestmark = pytest.mark.usefixtures("server_identity")

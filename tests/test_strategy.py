@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from familial.codecs import decode, encode
 from strategies.familial_strategy import FamilialStrategy, NodePlan
@@ -12,11 +11,7 @@ RANK, IN, OUT = 4, 48, 40
 KEYS = ("trunk.0.mlp.up_proj.A", "trunk.0.mlp.up_proj.B")
 
 
-@pytest.fixture(autouse=True)
-def server_identity(monkeypatch):
-    """Messages are stamped with the identity of the process's task (a ServerApp's)."""
-    for name, value in (("_run_id", 1), ("_node_id", 0), ("_task_id", 1)):
-        monkeypatch.setattr(TaskIdentity, name, value)
+pytestmark = pytest.mark.usefixtures("server_identity")
 
 
 def strategy(codec):
