@@ -7,17 +7,18 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 
-from clients.task import get_branch, get_data, node_profile, receive, reply_arrays
+from clients.task import get_branch, get_data, node_profile, receive, reply_arrays, train_round
 from familial.calibration import lens_statistics
 from familial.data import TokenSplits
 from familial.evaluation import evaluate
 from familial.federation_config import FederationConfig
 from familial.model import FamilialLM
-from familial.training import TrainConfig, train
+from familial.privacy import PrivacyBudgetError
+from familial.training import TrainConfig
 from strategies.records import from_record, to_record
 
 
@@ -84,15 +85,22 @@ def make_client_app(
             seed=config.seed + int(setup["server-round"]),
         )
         start = time.perf_counter()
-        result = train(received.branch, received.splits.train, settings)
+        try:
+            result, dp_metrics = train_round(
+                config, received.branch, received.splits.train, settings, context
+            )
+        except PrivacyBudgetError as error:  # say so in one sentence, send nothing
+            return Message(Error(code=0, reason=str(error)), reply_to=msg)
         metrics: dict[str, float] = {
             "num-examples": len(received.splits.train),
-            "train-loss": result.losses[-1],
             "train-seconds": result.seconds,
             "client-seconds": time.perf_counter() - start,
             "tokens": result.tokens,
         }
         metrics |= {f"loss-exit-{d}": loss for d, loss in result.exit_losses.items()}
+        metrics |= dp_metrics
+        if result.losses:  # DP: every Poisson batch of the round may have been empty
+            metrics["train-loss"] = result.losses[-1]
         content = {
             "arrays": to_record(reply_arrays(config, received.branch, received.arrays)),
             "metrics": MetricRecord(metrics),

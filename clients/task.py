@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from flwr.app import ConfigRecord, Context
 
+from familial import privacy
 from familial.codecs import decode, encode
 from familial.data import DataConfig, TokenSplits, prepare_data
 from familial.errors import FamflowError
@@ -18,6 +21,7 @@ from familial.model import FamilialLM
 from familial.presets import ModelSpec, resolve_model
 from familial.sizing import largest_fitting_branch
 from familial.tokenizer import load_tokenizer
+from familial.training import TrainConfig, TrainResult, train
 from strategies.rules.base import is_lora_key
 
 # Each ClientApp process keeps its branch and data between messages (simulation reuses them).
@@ -129,3 +133,54 @@ def reply_arrays(
 ) -> dict[str, np.ndarray]:
     """The trained tensors, encoded as their change from what the node ``received``."""
     return encode(_numpy(exchanged(config, branch)), config.codec, received)
+
+
+DP_STATE = "dp-accountant"
+
+
+def dp_config(config: FederationConfig) -> privacy.DPConfig:
+    return privacy.DPConfig(
+        noise_multiplier=config.dp_noise_multiplier,
+        target_epsilon=config.dp_target_epsilon,
+        max_grad_norm=config.dp_max_grad_norm,
+        delta=config.dp_delta,
+    )
+
+
+def dp_history(context: Context) -> privacy.History:
+    """This node's DP accountant history: from ``Context.state`` (kept across rounds), else
+    from the JSON file its node config names as ``dp-accountant-file`` (deployment)."""
+    if DP_STATE in context.state:
+        return privacy.history_from_config(dict(context.state[DP_STATE]))  # type: ignore[arg-type]
+    path = context.node_config.get("dp-accountant-file")
+    return privacy.load_history(Path(str(path)).expanduser()) if path else []
+
+
+def store_dp_history(context: Context, history: privacy.History) -> None:
+    context.state[DP_STATE] = ConfigRecord(privacy.history_to_config(history))  # type: ignore[arg-type]
+    path = context.node_config.get("dp-accountant-file")
+    if path:
+        privacy.save_history(Path(str(path)).expanduser(), history)
+
+
+def train_round(
+    config: FederationConfig,
+    branch: FamilialLM,
+    blocks: torch.Tensor,
+    settings: TrainConfig,
+    context: Context,
+) -> tuple[TrainResult, dict[str, float]]:
+    """One round of local training, DP-SGD when ``config.dp`` (its cumulative epsilon kept in
+    ``context``); returns the result and the DP metrics. Raises PrivacyBudgetError."""
+    if not config.dp:
+        return train(branch, blocks, settings), {}
+    private = privacy.train_private(
+        branch,
+        blocks,
+        settings,
+        dp_config(config),
+        dp_history(context),
+        total_steps=config.num_server_rounds * config.local_steps,
+    )
+    store_dp_history(context, private.history)
+    return private.result, {"dp-epsilon": private.epsilon, "dp-noise": private.noise_multiplier}

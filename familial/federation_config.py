@@ -39,6 +39,13 @@ class FederationConfig:
     the holders' median, per value); ``trimmed-mean`` (per coordinate, the mean without the
     ``trim_ratio`` share of largest and of smallest values) or ``median`` (per coordinate).
     Trimmed mean and median count each holder once: example counts do not weight them.
+
+    Differential privacy (``familial.privacy``, ``strategies.central_dp``): ``dp`` turns on
+    sample-level DP-SGD in every client, with ``dp_noise_multiplier`` (0: derived from
+    ``dp_target_epsilon`` over rounds x local steps), ``dp_max_grad_norm`` and ``dp_delta``; a
+    ``dp_target_epsilon`` > 0 is also each client's budget. ``central_dp_noise`` > 0 adds
+    user-level central DP on the server: each change clipped to ``central_dp_clip``, Gaussian
+    noise of std ``central_dp_noise * central_dp_clip / holders`` per aggregated key.
     """
 
     model: str = "smollm2-135m"
@@ -75,6 +82,13 @@ class FederationConfig:
     clip_norm: float = 0.0
     trim_ratio: float = 0.2
     outlier_norm_ratio: float = 10.0
+    dp: bool = False
+    dp_noise_multiplier: float = 0.0
+    dp_target_epsilon: float = 0.0
+    dp_delta: float = 1e-5
+    dp_max_grad_norm: float = 1.0
+    central_dp_noise: float = 0.0
+    central_dp_clip: float = 0.0
 
     def __post_init__(self) -> None:
         if self.rule not in RULES:
@@ -93,6 +107,7 @@ class FederationConfig:
             raise FamflowError(
                 f"outlier-norm-ratio must be 0 (off) or above 1, got {self.outlier_norm_ratio}."
             )
+        self._check_dp()
         positive = ("num_server_rounds", "local_steps", "batch_size", "seq_len", "min_nodes")
         for name in (*positive, "evaluate_every", "calibration_blocks"):
             if getattr(self, name) < 1:
@@ -104,6 +119,24 @@ class FederationConfig:
                 "lr, server-lr, lora-alpha-ratio and round-timeout must be positive."
             )
         self.tier_counts()
+
+    def _check_dp(self) -> None:
+        if self.dp_noise_multiplier < 0 or self.dp_target_epsilon < 0:
+            raise FamflowError("dp-noise-multiplier and dp-target-epsilon must be >= 0.")
+        if self.dp and self.dp_noise_multiplier == 0 and self.dp_target_epsilon == 0:
+            raise FamflowError(
+                "dp = true needs a noise: set dp-noise-multiplier > 0 or dp-target-epsilon > 0."
+            )
+        if not 0 < self.dp_delta < 1:
+            raise FamflowError(f"dp-delta must be in (0, 1), got {self.dp_delta}.")
+        if not self.dp_max_grad_norm > 0:
+            raise FamflowError(f"dp-max-grad-norm must be positive, got {self.dp_max_grad_norm}.")
+        if self.central_dp_noise < 0 or self.central_dp_clip < 0:
+            raise FamflowError("central-dp-noise and central-dp-clip must be >= 0.")
+        if self.central_dp_noise > 0 and self.central_dp_clip == 0:
+            raise FamflowError(
+                "central-dp-noise > 0 needs a clipping bound: set central-dp-clip > 0."
+            )
 
     def check_setup(self) -> None:
         """What the run needs exists, checked before any node is asked: the model (a preset

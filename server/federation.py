@@ -21,6 +21,7 @@ from server.export import export_branches
 from server.plans import codec_reference, initial_global_state, node_plans
 from server.profiles import query_profiles
 from server.records import RoundRecorder, read_rows
+from strategies.central_dp import CentralDPSettings
 from strategies.familial_strategy import FamilialStrategy, NodePlan, RoundTraffic
 from strategies.records import from_record, to_record
 from strategies.robust import RobustSettings
@@ -58,7 +59,8 @@ def round_row(
     seconds: float,
 ) -> dict[str, Any]:
     train_seconds = [client_seconds(r) for r in train_replies if not r.has_error()]
-    return {
+    epsilons = dp_epsilons(train_replies)
+    row: dict[str, Any] = {
         "round": server_round,
         "exits": exits_of(evaluation),
         "nodes": {
@@ -79,6 +81,23 @@ def round_row(
         "train_seconds_max": max(train_seconds, default=0.0),
         "train_seconds_sum": sum(train_seconds),
     }
+    for node, value in epsilons.items():  # cumulative sample-level DP epsilon (familial.privacy)
+        if node in plans:
+            row["nodes"][str(node)]["dp_epsilon"] = value
+    if epsilons:
+        row["dp_epsilon_max"] = max(epsilons.values())
+    return row
+
+
+def dp_epsilons(replies: list[Message]) -> dict[int, float]:
+    """The ``dp-epsilon`` each DP-training node reports, by node."""
+    epsilons = {}
+    for reply in replies:
+        metrics = None if reply.has_error() else reply.content.get("metrics")
+        value = metrics.get("dp-epsilon") if isinstance(metrics, MetricRecord) else None
+        if isinstance(value, int | float) and math.isfinite(value):
+            epsilons[reply.metadata.src_node_id] = float(value)
+    return epsilons
 
 
 def client_seconds(reply: Message) -> float:
@@ -151,6 +170,7 @@ def run_federation(grid: Grid, config: FederationConfig) -> list[dict[str, Any]]
         server_lr=config.server_lr,
         robust=RobustSettings(config.robust, config.clip_norm, config.trim_ratio),
         limits=ReplyLimits(outlier_norm_ratio=config.outlier_norm_ratio),
+        central_dp=CentralDPSettings(config.central_dp_noise, config.central_dp_clip),
     )
     strategy.summary()
     recorder = RoundRecorder(out)

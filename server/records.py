@@ -30,12 +30,15 @@ class RoundRecorder:
         for depth, metrics in row.get("exits", {}).items():
             for name, value in metrics.items():
                 self.writer.add_scalar(f"{name}/exit-{depth}", value, step)
-        for name in ("bytes_up", "bytes_down", "seconds", "train_seconds_max"):
+        for name in ("bytes_up", "bytes_down", "seconds", "train_seconds_max", "dp_epsilon_max"):
             if name in row:
                 self.writer.add_scalar(f"round/{name}", row[name], step)
         for name in BYTES:
             self.cumulative[name] += row.get(name, 0)
             self.writer.add_scalar(f"cumulative/{name}", self.cumulative[name], step)
+        for node, entry in row.get("nodes", {}).items():
+            if "dp_epsilon" in entry:
+                self.writer.add_scalar(f"dp-epsilon/node-{node}", entry["dp_epsilon"], step)
         # Replies dropped per reason (strategies.validation.REASONS), and in all.
         reasons = row.get("dropped_reasons", {})
         self.writer.add_scalar("round/dropped", sum(reasons.values()), step)

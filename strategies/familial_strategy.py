@@ -22,6 +22,7 @@ from flwr.serverapp.strategy import Strategy
 
 from familial.codecs import encode
 from familial.errors import FamflowError
+from strategies.central_dp import CentralDPSettings, central_dp_updates
 from strategies.records import from_record, to_record
 from strategies.robust import RobustSettings, robust_updates
 from strategies.rules import AggregationRule, ClientUpdate, FlexLoRA
@@ -100,8 +101,10 @@ class FamilialStrategy(Strategy):
         server_lr: float = 1.0,
         robust: RobustSettings | None = None,
         limits: ReplyLimits | None = None,
+        central_dp: CentralDPSettings | None = None,
     ) -> None:
         self.rule = rule
+        self.central_dp = central_dp or CentralDPSettings()
         self.server_lr = server_lr
         self.robust = robust or RobustSettings()
         self.limits = limits or ReplyLimits()
@@ -277,9 +280,10 @@ class FamilialStrategy(Strategy):
         try:
             # Finite but absurd values (a key with too few holders to compare) may overflow.
             with np.errstate(over="ignore", invalid="ignore"):
-                aggregate = self.rule.aggregate(
-                    self._global, robust_updates(updates, sent, self.robust)
-                )
+                robust = robust_updates(updates, sent, self.robust)
+                noise_rng = np.random.default_rng([self.seed, server_round])
+                private = central_dp_updates(robust, sent, self.central_dp, noise_rng)
+                aggregate = self.rule.aggregate(self._global, private)
                 new = server_step(self._global, aggregate, self.server_lr, on_products)
             if not all(np.isfinite(value).all() for value in new.values()):
                 raise FamflowError("it holds NaN or inf values")

@@ -38,6 +38,12 @@ def test_tiers_follow_the_mix_in_partition_order():
         ({"batch-size": "four"}, "run-config batch-size = 'four' is not a int"),
         ({"export-merged": "maybe"}, "is not a bool"),
         ({"fraction-train": 0.0}, r"fraction-train must be in \(0, 1\]"),
+        ({"dp": True}, "dp = true needs a noise: set dp-noise-multiplier > 0"),
+        ({"dp-noise-multiplier": -1.0}, "dp-noise-multiplier and dp-target-epsilon must be >= 0"),
+        ({"dp-delta": 1.0}, r"dp-delta must be in \(0, 1\), got 1.0."),
+        ({"dp-max-grad-norm": 0.0}, "dp-max-grad-norm must be positive, got 0.0."),
+        ({"central-dp-noise": 1.0}, "central-dp-noise > 0 needs a clipping bound"),
+        ({"central-dp-clip": -1.0}, "central-dp-noise and central-dp-clip must be >= 0."),
     ],
 )
 def test_bad_run_config_is_one_sentence(run_config, message):
