@@ -24,11 +24,10 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import torch
-from opacus import PrivacyEngine
-from opacus.accountants import RDPAccountant
-from opacus.accountants.utils import get_noise_multiplier
 from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -37,9 +36,26 @@ from familial.lora import set_trainable
 from familial.model import FamilialLM
 from familial.training import TrainConfig, TrainResult, cosine_schedule, multi_exit_loss
 
+if TYPE_CHECKING:
+    from opacus.accountants import RDPAccountant
+
 logger = logging.getLogger("famflow.familial")
 
 History = list[tuple[float, float, int]]
+
+
+def opacus() -> ModuleType:
+    """Opacus, imported on first use: its import calls ``logging.basicConfig``, which would put
+    every library's log records on stderr; the root logger's handlers are kept as they were."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    import opacus as module
+    import opacus.accountants.utils  # get_noise_multiplier lives there
+
+    root.handlers, root.level = handlers, level
+    return module
+
+
 GRAD_SAMPLE_MODES: tuple[str, ...] = ("hooks", "functorch")
 
 
@@ -81,7 +97,7 @@ class DPConfig:
         if self.noise_multiplier > 0:
             return self.noise_multiplier
         return float(
-            get_noise_multiplier(
+            opacus().accountants.utils.get_noise_multiplier(
                 target_epsilon=self.target_epsilon,
                 target_delta=self.delta,
                 sample_rate=sample_rate,
@@ -102,7 +118,7 @@ def sample_rate(batch_size: int, examples: int) -> float:
 
 def accountant(history: History) -> RDPAccountant:
     """Opacus' RDP accountant holding ``history``."""
-    rdp = RDPAccountant()
+    rdp = opacus().accountants.RDPAccountant()
     rdp.history = [(float(z), float(q), int(n)) for z, q, n in history]
     return rdp
 
@@ -217,7 +233,7 @@ def train_private(
         generator=torch.Generator().manual_seed(config.seed),
     )
     model.train()  # Opacus validates a model in training mode
-    engine = PrivacyEngine(accountant="rdp")
+    engine = opacus().PrivacyEngine(accountant="rdp")
     engine.accountant.history = list(history)
     private, optimizer, loader = engine.make_private(
         module=model,
