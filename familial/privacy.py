@@ -32,9 +32,14 @@ from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader, TensorDataset
 
 from familial.errors import FamflowError
-from familial.lora import set_trainable
 from familial.model import FamilialLM
-from familial.training import TrainConfig, TrainResult, cosine_schedule, multi_exit_loss
+from familial.training import (
+    TrainConfig,
+    TrainResult,
+    cosine_schedule,
+    multi_exit_loss,
+    trainable_setup,
+)
 
 if TYPE_CHECKING:
     from opacus.accountants import RDPAccountant
@@ -216,14 +221,7 @@ def train_private(
     noise = dp.noise_for(rate, total_steps or config.steps)
     check_budget(dp, history, noise, rate, config.steps)
 
-    weights = {d: w for d, w in config.weights_for(model).items() if w > 0}
-    exits = model.held_exits if config.distill_weight > 0 else sorted(weights)
-    set_trainable(model, lora=config.train_lora, exit_adapters=config.train_exit_adapters)
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    if not parameters:
-        raise FamflowError(
-            "This branch has no trainable parameters: attach LoRA or give the family exit adapters."
-        )
+    weights, exits, parameters = trainable_setup(model, config)
     torch.manual_seed(config.seed)
     device = parameters[0].device
     optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)

@@ -152,8 +152,10 @@ def batches(blocks: torch.Tensor, batch_size: int, seed: int) -> Iterator[torch.
             yield blocks[order[start : start + batch_size]]
 
 
-def train(model: FamilialLM, blocks: torch.Tensor, config: TrainConfig) -> TrainResult:
-    """Train the branch's chosen parts on ``blocks`` ([n, seq_len] token ids)."""
+def trainable_setup(
+    model: FamilialLM, config: TrainConfig
+) -> tuple[dict[int, float], list[int], list[torch.nn.Parameter]]:
+    """The exit weights, the exits to run and the parameters to train (made trainable)."""
     weights = {d: w for d, w in config.weights_for(model).items() if w > 0}
     # Distillation teaches every held exit from the deepest, weighted or not.
     exits = model.held_exits if config.distill_weight > 0 else sorted(weights)
@@ -163,6 +165,12 @@ def train(model: FamilialLM, blocks: torch.Tensor, config: TrainConfig) -> Train
         raise FamflowError(
             "This branch has no trainable parameters: attach LoRA or give the family exit adapters."
         )
+    return weights, exits, parameters
+
+
+def train(model: FamilialLM, blocks: torch.Tensor, config: TrainConfig) -> TrainResult:
+    """Train the branch's chosen parts on ``blocks`` ([n, seq_len] token ids)."""
+    weights, exits, parameters = trainable_setup(model, config)
     torch.manual_seed(config.seed)
     optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = LambdaLR(optimizer, cosine_schedule(config))
