@@ -11,9 +11,10 @@ from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, Record
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 
-from clients.task import get_branch, get_data, node_profile, receive, reply_arrays, train_round
+from clients.node import first_message_startup_seconds, get_node_data, use_node_cache
+from clients.task import get_branch, node_profile, receive, reply_arrays, train_round
 from familial.calibration import lens_statistics
-from familial.data import TokenSplits
+from familial.data.splits import TokenSplits
 from familial.evaluation import evaluate
 from familial.federation_config import FederationConfig
 from familial.model import FamilialLM
@@ -33,9 +34,10 @@ class Received:
 
 def received_branch(config: FederationConfig, msg: Message, context: Context) -> Received:
     setup = msg.content["config"]
+    use_node_cache(context.node_config)
     branch = get_branch(config, int(setup["exit"]), int(setup["rank"]), str(setup["device"]))
     arrays = receive(config, branch, from_record(msg.content["arrays"]))
-    splits = get_data(config, int(context.node_config.get("partition-id", 0)))
+    splits = get_node_data(config, context.node_config)
     return Received(branch, arrays, splits)
 
 
@@ -50,11 +52,13 @@ def make_client_app(
 
     @app.query("profile")
     def profile(msg: Message, context: Context) -> Message:
+        first_message_startup_seconds()
         profile = node_profile(run_config(context), dict(context.node_config))
         return Message(RecordDict({"profile": ConfigRecord(profile)}), reply_to=msg)
 
     @app.query("calibrate")
     def calibrate(msg: Message, context: Context) -> Message:
+        first_message_startup_seconds()
         # The statistics of every shallower exit: hold them all, whatever branch-exits says.
         config = replace(run_config(context), branch_exits="held")
         received = received_branch(config, msg, context)
@@ -74,7 +78,6 @@ def make_client_app(
     def train_branch(msg: Message, context: Context) -> Message:
         config = run_config(context)
         setup = msg.content["config"]
-        received = received_branch(config, msg, context)
         settings = TrainConfig(
             steps=config.local_steps,
             batch_size=config.batch_size,
@@ -85,6 +88,9 @@ def make_client_app(
             seed=config.seed + int(setup["server-round"]),
         )
         start = time.perf_counter()
+        startup = first_message_startup_seconds()
+        received = received_branch(config, msg, context)
+        loaded = time.perf_counter()
         try:
             result, dp_metrics = train_round(
                 config, received.branch, received.splits.train, settings, context
@@ -94,7 +100,10 @@ def make_client_app(
         metrics: dict[str, float] = {
             "num-examples": len(received.splits.train),
             "train-seconds": result.seconds,
-            "client-seconds": time.perf_counter() - start,
+            "client-seconds": time.perf_counter() - loaded,
+            # Deployment starts a ClientApp process per message: its start and the branch load.
+            "startup-seconds": startup,
+            "load-seconds": loaded - start,
             "tokens": result.tokens,
         }
         metrics |= {f"loss-exit-{d}": loss for d, loss in result.exit_losses.items()}
@@ -109,6 +118,7 @@ def make_client_app(
 
     @app.evaluate()
     def evaluate_branch(msg: Message, context: Context) -> Message:
+        first_message_startup_seconds()
         config = run_config(context)
         received = received_branch(config, msg, context)
         results = evaluate(received.branch, received.splits.validation[: config.eval_blocks])

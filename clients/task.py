@@ -11,7 +11,9 @@ from flwr.app import ConfigRecord, Context
 
 from familial import privacy
 from familial.codecs import decode, encode
-from familial.data import DataConfig, TokenSplits, prepare_data
+from familial.data.block_cache import block_cache_file, cached_splits
+from familial.data.config import DataConfig
+from familial.data.splits import TokenSplits
 from familial.errors import FamflowError
 from familial.federation_config import FederationConfig
 from familial.hardware import GIB, detected_memory_gb, get_tier, resolve_device
@@ -91,12 +93,21 @@ def _numpy(state: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
     return {key: value.detach().float().cpu().numpy().copy() for key, value in state.items()}
 
 
-def get_data(config: FederationConfig, partition_id: int) -> TokenSplits:
+def get_data(
+    config: FederationConfig,
+    partition_id: int,
+    dataset: str | None = None,
+    num_partitions: int | None = None,
+) -> TokenSplits:
+    """Partition ``partition_id`` of ``dataset`` (default the run's) cut into
+    ``num_partitions`` (default one per node of the tier mix)."""
+    if num_partitions is None:
+        num_partitions = max(1, sum(count for _, count in config.tier_counts()))
     data = DataConfig(
-        name=config.dataset,
+        name=dataset or config.dataset,
         seq_len=config.seq_len,
         partitioner=config.partitioner,
-        num_partitions=max(1, sum(count for _, count in config.tier_counts())),
+        num_partitions=num_partitions,
         partition_by=config.partition_by or None,
         seed=config.seed,
         max_examples=config.max_examples or None,
@@ -105,7 +116,15 @@ def get_data(config: FederationConfig, partition_id: int) -> TokenSplits:
     if key not in _DATA:
         spec: ModelSpec = resolve_model(config.model)
         max_length = int(spec.base_config().max_position_embeddings)
-        _DATA[key] = prepare_data(data, load_tokenizer(spec), partition_id, max_length)
+        tokenizer_source = f"{spec.name}:{spec.source}:{spec.path}"
+        path = block_cache_file(data, partition_id, max_length, tokenizer_source)
+
+        def prepare() -> TokenSplits:
+            from familial.data.prepare import prepare_data  # imports datasets, flwr-datasets
+
+            return prepare_data(data, load_tokenizer(spec), partition_id, max_length)
+
+        _DATA[key] = cached_splits(path, prepare)
     return _DATA[key]
 
 

@@ -13,6 +13,7 @@ from familial.argtypes import non_negative_int, positive_int
 from familial.data.cli import add_data_parser
 from familial.errors import FamflowError
 from familial.train_cli import add_train_parsers
+from server.deployment.cli import add_deploy_parser
 from simulations.comm_cli import add_comm_parser
 
 if TYPE_CHECKING:
@@ -209,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_parser(sub)
     add_train_parsers(sub)
     add_comm_parser(sub)
+    add_deploy_parser(sub)
     return parser
 
 

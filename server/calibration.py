@@ -79,17 +79,22 @@ def calibrate_translators(
     traffic = strategy.traffic[(0, CALIBRATE_QUERY)]
     hidden_size = int(resolve_model(config.model).base_config().hidden_size)
     totals: dict[int, LensStatistics] = {}
-    for reply in grid.send_and_receive(messages, timeout=config.round_timeout):
-        node = reply.metadata.src_node_id
+    replies = list(grid.send_and_receive(messages, timeout=config.round_timeout))
+    for reply in replies:
+        node = traffic.source(reply)
         try:
             statistics = reply_statistics(reply, exits, hidden_size)
         except FamflowError as error:
-            traffic.dropped[node] = str(error)
+            reason = "client-error" if reply.has_error() else "bad-statistics"
+            traffic.drop(node, reason, str(error))
             logger.warning("calibration: dropped the reply of node %d (%s)", node, error)
             continue
         traffic.up[node] = reply.content["arrays"].count_bytes()
         for depth, stats in statistics.items():
             totals[depth] = totals[depth] + stats if depth in totals else stats
+    for node in sorted(traffic.asked - {traffic.source(reply) for reply in replies}):
+        traffic.drop(node, "no-reply", "no reply before the round timeout")
+        logger.warning("calibration: node %d did not reply before the round timeout", node)
     if not totals:
         logger.warning("calibration: no usable reply, the translators stay at identity")
         return arrays, traffic

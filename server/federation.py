@@ -12,14 +12,13 @@ from typing import Any
 from flwr.app import ConfigRecord, Message, MessageType, MetricRecord
 from flwr.serverapp import Grid
 
-from familial.errors import FamflowError
 from familial.federation_config import FederationConfig
-from familial.presets import resolve_model
 from server.calibration import calibrate_translators
 from server.checkpoints import load_checkpoint, save_checkpoint
 from server.export import export_branches
+from server.membership import refresh_nodes
 from server.plans import codec_reference, initial_global_state, node_plans
-from server.profiles import query_profiles
+from server.profiles import query_profiles, usable_profiles
 from server.records import RoundRecorder, read_rows
 from strategies.central_dp import CentralDPSettings
 from strategies.familial_strategy import FamilialStrategy, NodePlan, RoundTraffic
@@ -58,7 +57,8 @@ def round_row(
     train_replies: list[Message],
     seconds: float,
 ) -> dict[str, Any]:
-    train_seconds = [client_seconds(r) for r in train_replies if not r.has_error()]
+    answered = [reply for reply in train_replies if not reply.has_error()]
+    train_seconds = [reply_seconds(reply, "client-seconds") for reply in answered]
     epsilons = dp_epsilons(train_replies)
     row: dict[str, Any] = {
         "round": server_round,
@@ -80,6 +80,9 @@ def round_row(
         "seconds": seconds,
         "train_seconds_max": max(train_seconds, default=0.0),
         "train_seconds_sum": sum(train_seconds),
+        # Deployment starts a ClientApp process per message (simulation: 0 after the first).
+        "startup_seconds_sum": sum(reply_seconds(r, "startup-seconds") for r in answered),
+        "load_seconds_sum": sum(reply_seconds(r, "load-seconds") for r in answered),
     }
     for node, value in epsilons.items():  # cumulative sample-level DP epsilon (familial.privacy)
         if node in plans:
@@ -100,43 +103,11 @@ def dp_epsilons(replies: list[Message]) -> dict[int, float]:
     return epsilons
 
 
-def client_seconds(reply: Message) -> float:
-    """The seconds a node reports for its training, 0 when it reports no finite number."""
+def reply_seconds(reply: Message, key: str) -> float:
+    """The seconds a node reports as ``key``, 0 when it reports no finite number."""
     metrics = reply.content.get("metrics")
-    value = metrics.get("client-seconds", 0) if isinstance(metrics, MetricRecord) else 0
+    value = metrics.get(key, 0) if isinstance(metrics, MetricRecord) else 0
     return float(value) if isinstance(value, int | float) and math.isfinite(value) else 0.0
-
-
-def usable_profiles(
-    config: FederationConfig, profiles: dict[int, dict[str, Any]]
-) -> dict[int, dict[str, Any]]:
-    """The profiles a node plan can be built from; a node whose profile names no exit of the
-    family, no LoRA rank >= 1, no tier or no device is left out with a logged reason."""
-    exits = resolve_model(config.model).family.exits
-    usable = {}
-    for node, profile in profiles.items():
-        depth, rank = profile.get("exit"), profile.get("rank")
-        tier, device = profile.get("tier"), profile.get("device")
-        if not (_whole(depth) and depth in exits):
-            reason = f"its exit {depth!r} is not one of the family's exits {exits}"
-        elif not (_whole(rank) and rank >= 1):
-            reason = f"its LoRA rank {rank!r} is not a whole number >= 1"
-        elif not isinstance(tier, str) or device not in ("cpu", "cuda"):
-            reason = f"its tier {tier!r} or device {device!r} is unusable"
-        else:
-            usable[node] = profile
-            continue
-        logger.warning("node %d left out: %s", node, reason)
-    if len(usable) < config.min_nodes:
-        raise FamflowError(
-            f"Only {len(usable)} of {len(profiles)} nodes sent a usable profile (min-nodes "
-            f"{config.min_nodes}): see the warnings above."
-        )
-    return usable
-
-
-def _whole(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def run_federation(grid: Grid, config: FederationConfig) -> list[dict[str, Any]]:
@@ -188,6 +159,7 @@ def run_federation(grid: Grid, config: FederationConfig) -> list[dict[str, Any]]
         recorder.record(round_row(0, plans, calibration, evaluation, [], 0.0))
     for server_round in range(start_round, config.num_server_rounds + 1):
         start = time.perf_counter()
+        refresh_nodes(grid, strategy, config, rank)
         train_replies = list(
             grid.send_and_receive(
                 strategy.configure_train(server_round, record, ConfigRecord(), grid),
@@ -206,7 +178,12 @@ def run_federation(grid: Grid, config: FederationConfig) -> list[dict[str, Any]]
             evaluation = strategy.aggregate_evaluate(server_round, evaluate_replies)
         traffic = strategy.traffic[(server_round, MessageType.TRAIN)]
         row = round_row(
-            server_round, plans, traffic, evaluation, train_replies, time.perf_counter() - start
+            server_round,
+            strategy.plans,
+            traffic,
+            evaluation,
+            train_replies,
+            time.perf_counter() - start,
         )
         save_checkpoint(
             out / "checkpoints",

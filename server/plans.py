@@ -30,16 +30,20 @@ def branch_keys(config: FederationConfig, exit_depth: int, rank: int) -> tuple[s
 
 
 def node_plans(
-    config: FederationConfig, profiles: dict[int, dict[str, Any]]
+    config: FederationConfig, profiles: dict[int, dict[str, Any]], global_rank: int | None = None
 ) -> dict[int, NodePlan]:
-    """One plan per profiled node; fedit puts every node at the largest rank."""
+    """One plan per profiled node; fedit puts every node at the largest rank. Nodes joining a
+    running federation get ``global_rank``, the rank of its adapters, as their largest."""
     ranks = {int(p["rank"]) for p in profiles.values()}
+    if global_rank is not None:
+        ranks = {min(rank, global_rank) for rank in ranks} | {global_rank}
     if config.rule not in HETEROGENEOUS_RULES and len(ranks) > 1:
         logger.info("%s needs one LoRA rank: every node trains rank %d", config.rule, max(ranks))
         ranks = {max(ranks)}
     plans = {}
     for node, profile in profiles.items():
         rank = int(profile["rank"]) if config.rule in HETEROGENEOUS_RULES else max(ranks)
+        rank = min(rank, max(ranks))
         exit_depth = int(profile["exit"])
         plans[node] = NodePlan(
             node_id=node,

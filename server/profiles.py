@@ -10,6 +10,8 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from familial.errors import FamflowError
+from familial.federation_config import FederationConfig
+from familial.presets import resolve_model
 
 logger = logging.getLogger("famflow.server")
 PROFILE_QUERY = "query.profile"
@@ -27,9 +29,12 @@ def wait_for_nodes(grid: Grid, min_nodes: int, timeout: float) -> list[int]:
     return nodes
 
 
-def query_profiles(grid: Grid, min_nodes: int, timeout: float) -> dict[int, dict[str, Any]]:
-    """Each answering node's profile; nodes that fail to answer are left out and logged."""
-    nodes = wait_for_nodes(grid, min_nodes, timeout)
+def query_profiles(
+    grid: Grid, min_nodes: int, timeout: float, nodes: list[int] | None = None
+) -> dict[int, dict[str, Any]]:
+    """Each answering node's profile (of ``nodes``, default every node once ``min_nodes`` are
+    connected); nodes that fail to answer are left out and logged."""
+    nodes = wait_for_nodes(grid, min_nodes, timeout) if nodes is None else nodes
     messages = [
         Message(
             RecordDict({"config": ConfigRecord({})}), dst_node_id=node, message_type=PROFILE_QUERY
@@ -50,3 +55,37 @@ def query_profiles(grid: Grid, min_nodes: int, timeout: float) -> dict[int, dict
             f"{min_nodes}): see the client errors above."
         )
     return profiles
+
+
+def usable_profiles(
+    config: FederationConfig, profiles: dict[int, dict[str, Any]], min_nodes: int | None = None
+) -> dict[int, dict[str, Any]]:
+    """The profiles a node plan can be built from; a node whose profile names no exit of the
+    family, no LoRA rank >= 1, no tier or no device is left out with a logged reason. Raises
+    when fewer than ``min_nodes`` (default the run's) remain."""
+    min_nodes = config.min_nodes if min_nodes is None else min_nodes
+    exits = resolve_model(config.model).family.exits
+    usable = {}
+    for node, profile in profiles.items():
+        depth, rank = profile.get("exit"), profile.get("rank")
+        tier, device = profile.get("tier"), profile.get("device")
+        if not (_whole(depth) and depth in exits):
+            reason = f"its exit {depth!r} is not one of the family's exits {exits}"
+        elif not (_whole(rank) and rank >= 1):
+            reason = f"its LoRA rank {rank!r} is not a whole number >= 1"
+        elif not isinstance(tier, str) or device not in ("cpu", "cuda"):
+            reason = f"its tier {tier!r} or device {device!r} is unusable"
+        else:
+            usable[node] = profile
+            continue
+        logger.warning("node %d left out: %s", node, reason)
+    if len(usable) < min_nodes:
+        raise FamflowError(
+            f"Only {len(usable)} of {len(profiles)} nodes sent a usable profile (min-nodes "
+            f"{min_nodes}): see the warnings above."
+        )
+    return usable
+
+
+def _whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

@@ -11,7 +11,8 @@ def format_report(rows: list[dict[str, Any]], config: FederationConfig) -> str:
     exits = sorted({depth for row in rows for depth in row["exits"]}, key=int)
     tiers = sorted({node["tier"] for row in rows for node in row["nodes"].values()})
     header = ["round"] + [f"ppl@{d}" for d in exits]
-    header += [f"{tier} up/down KB" for tier in tiers] + ["seconds", "in training"]
+    header += [f"{tier} up/down KB" for tier in tiers]
+    header += ["seconds", "in training", "process start + load s"]
     lines = [
         f"famflow: {config.model}, rule {config.rule}, codec {config.codec}, "
         f"{config.num_server_rounds} rounds x {config.local_steps} local steps",
@@ -30,6 +31,9 @@ def format_report(rows: list[dict[str, Any]], config: FederationConfig) -> str:
         # round spent inside client training, the rest being evaluation, transfers and server.
         busy = row.get("train_seconds_sum", 0.0) / row["seconds"] if row["seconds"] else 0.0
         cells.append(f"{busy:.0%}" if row["round"] else "-")
+        # Summed over the nodes: in deployment every message starts a ClientApp process.
+        overhead = row.get("startup_seconds_sum", 0.0) + row.get("load_seconds_sum", 0.0)
+        cells.append(f"{overhead:.1f}" if row["round"] else "-")
         lines.append(" | ".join(cells))
     return "\n".join(lines)
 

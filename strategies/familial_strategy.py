@@ -17,6 +17,7 @@ from typing import NamedTuple
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
@@ -62,6 +63,18 @@ class RoundTraffic:
     up: dict[int, int] = field(default_factory=dict)
     dropped: dict[int, str] = field(default_factory=dict)
     reasons: dict[int, str] = field(default_factory=dict)
+    asked: set[int] = field(default_factory=set)
+    messages: list[Message] = field(default_factory=list)
+
+    def source(self, reply: Message) -> int:
+        """The node a reply answers for. The SuperLink itself answers (as node
+        ``SUPERLINK_NODE_ID``) for a node that went away; its reply names the message."""
+        if reply.metadata.src_node_id != SUPERLINK_NODE_ID:
+            return reply.metadata.src_node_id
+        for message in self.messages:  # their IDs were set when Flower pushed them
+            if message.metadata.message_id == reply.metadata.reply_to_message_id:
+                return message.metadata.dst_node_id
+        return reply.metadata.src_node_id
 
     def drop(self, node: int, reason: str, sentence: str) -> None:
         self.dropped[node] = sentence
@@ -120,6 +133,8 @@ class FamilialStrategy(Strategy):
         self._global: dict[str, np.ndarray] = {}
         # What each node was sent to train from this round: replies encode their change from it.
         self._sent: dict[int, dict[str, np.ndarray]] = {}
+        # The planned nodes connected now (None: all); the server updates it every round.
+        self.online: set[int] | None = None
 
     def summary(self) -> None:
         tiers = sorted({(p.tier, p.exit, p.rank) for p in self.plans.values()})
@@ -132,8 +147,12 @@ class FamilialStrategy(Strategy):
             tiers,
         )
 
+    def reachable(self) -> list[int]:
+        """The planned nodes that are connected."""
+        return sorted(n for n in self.plans if self.online is None or n in self.online)
+
     def sample(self, server_round: int) -> list[int]:
-        nodes = sorted(self.plans)
+        nodes = self.reachable()
         wanted = max(self.min_nodes, math.ceil(self.fraction_train * len(nodes)))
         return sorted(
             random.Random(self.seed + server_round).sample(nodes, min(wanted, len(nodes)))
@@ -154,6 +173,7 @@ class FamilialStrategy(Strategy):
             self._sent = {}
         messages = []
         for node in nodes:
+            traffic.asked.add(node)
             plan = self.plans[node]
             node_keys = keys[node] if keys is not None else plan.keys
             arrays_for_node = self.rule.slice_for(self._global, node_keys, plan.rank, plan.scale)
@@ -173,6 +193,7 @@ class FamilialStrategy(Strategy):
             )
             content = RecordDict({"arrays": payload, "config": setup})
             messages.append(Message(content, dst_node_id=node, message_type=kind))
+        traffic.messages += messages
         return messages
 
     def configure_train(
@@ -184,7 +205,8 @@ class FamilialStrategy(Strategy):
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        return self._messages(server_round, arrays, config, MessageType.EVALUATE, self.plans)
+        nodes = self.reachable()
+        return self._messages(server_round, arrays, config, MessageType.EVALUATE, nodes)
 
     def configure_query(
         self,
@@ -203,14 +225,20 @@ class FamilialStrategy(Strategy):
         """Replies without errors, from planned nodes; the rest are dropped with a reason."""
         traffic = self.traffic.setdefault((server_round, kind), RoundTraffic())
         usable = []
+        replied = set()
         for reply in replies:
-            node = reply.metadata.src_node_id
+            node = traffic.source(reply)
+            replied.add(node)
             if node not in self.plans:
                 traffic.drop(node, "not-profiled", "not a profiled node")
+            elif reply.has_error() and reply.error.code == ErrorCode.NODE_UNAVAILABLE:
+                traffic.drop(node, "no-reply", "the SuperLink reports the node unavailable")
             elif reply.has_error():
                 traffic.drop(node, "client-error", f"client error: {reply.error.reason}")
             else:
                 usable.append(reply)
+        for node in sorted(traffic.asked - replied):
+            traffic.drop(node, "no-reply", "no reply before the round timeout")
         return usable
 
     def _update(self, reply: Message) -> tuple[ClientUpdate, MetricRecord]:

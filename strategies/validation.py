@@ -39,6 +39,8 @@ REASONS: dict[str, str] = {
     "client-error": "the node's ClientApp failed (Flower error reply)",
     "not-profiled": "a reply from a node that did not answer the profile query",
     "not-sent": "a reply from a node that was not sent anything this round",
+    "bad-statistics": "a calibration reply whose lens statistics are missing or unusable",
+    "no-reply": "no reply before the round timeout (the node stopped, disconnected or is slow)",
     "bad-metrics": "no MetricRecord, or a per-exit metric that is not a finite number",
     "bad-examples": "the example (token) count is missing, not whole or not positive",
     "malformed": "no ArrayRecord, or arrays whose bytes are not the .npy they claim",

@@ -10,7 +10,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from familial.errors import FamflowError
 from familial.federation_config import FederationConfig
-from server.federation import round_row, usable_profiles
+from server.federation import round_row
+from server.profiles import usable_profiles
 from server.records import RoundRecorder
 from server.server_app import DropRunStoppedTraceback, RunStopped, log_progress, make_server_app
 from strategies.familial_strategy import RoundTraffic

@@ -15,7 +15,8 @@ if TYPE_CHECKING:
     from familial.data.corpus import CORPORA, describe_corpus, load_corpus, prepare_corpus
     from familial.data.packing import split_blocks, tokenize_and_pack
     from familial.data.partition import load_partition, partition_count
-    from familial.data.prepare import TokenSplits, prepare_data
+    from familial.data.prepare import prepare_data
+    from familial.data.splits import TokenSplits
 
 _EXPORTS = {
     "CORPUS_NAMES": "config",
@@ -29,7 +30,7 @@ _EXPORTS = {
     "tokenize_and_pack": "packing",
     "load_partition": "partition",
     "partition_count": "partition",
-    "TokenSplits": "prepare",
+    "TokenSplits": "splits",
     "prepare_data": "prepare",
 }
 __all__ = [

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import torch
 from datasets import Dataset
@@ -13,17 +12,10 @@ from familial.data.config import DataConfig
 from familial.data.corpus import load_corpus
 from familial.data.packing import example_texts, split_blocks, to_blocks, token_stream
 from familial.data.partition import load_partition
+from familial.data.splits import TokenSplits
 from familial.errors import FamflowError
 
 logger = logging.getLogger("famflow.data")
-
-
-@dataclass
-class TokenSplits:
-    """Token blocks, ``LongTensor [n, seq_len]``; a block is one next-token-prediction row."""
-
-    train: torch.Tensor
-    validation: torch.Tensor
 
 
 def check_seq_len(seq_len: int, max_length: int | None) -> None:

@@ -1,0 +1,1 @@
+"""famflow on real edge boxes: TLS certificates, SuperNode keys, the flwr run connection."""
