@@ -3,7 +3,7 @@
 Only the LoRA factors (and the exit adapters, if trained) carry gradients; Opacus computes
 their per-sample gradients, clips each to ``max_grad_norm`` and adds Gaussian noise of std
 ``noise_multiplier * max_grad_norm`` per step, over Poisson-sampled batches (sample rate =
-batch size / blocks), as its accountant assumes.
+1 / batches per epoch, about batch size / blocks), as its accountant assumes.
 
 Per-sample gradients: PEFT's LoRA factors are plain ``nn.Linear`` modules, which Opacus'
 hooks handle; a module type it has no sampler for (the exit adapters' norm, for example) is
@@ -112,13 +112,12 @@ class DPConfig:
         )
 
 
-def sample_rate(batch_size: int, examples: int) -> float:
-    if examples < 1:
+def check_blocks(blocks: torch.Tensor) -> None:
+    if blocks.ndim != 2 or len(blocks) == 0:
         raise FamflowError(
             "No training blocks: the partition has fewer tokens than one sequence; "
             "use fewer partitions or a shorter sequence length."
         )
-    return min(1.0, batch_size / examples)
 
 
 def accountant(history: History) -> RDPAccountant:
@@ -214,10 +213,18 @@ def train_private(
     ``dp.max_grad_norm``; ``grad_accum`` must be 1 (one Poisson batch per step)."""
     if config.grad_accum != 1:
         raise FamflowError("DP training takes one Poisson batch per step: set grad_accum = 1.")
-    if blocks.ndim != 2 or len(blocks) == 0:
-        sample_rate(config.batch_size, 0)
+    check_blocks(blocks)
     history = list(history or [])
-    rate = sample_rate(config.batch_size, len(blocks))
+    loader = opacus().data_loader.DPDataLoader.from_data_loader(
+        DataLoader(
+            TensorDataset(blocks),
+            batch_size=min(config.batch_size, len(blocks)),
+            generator=torch.Generator().manual_seed(config.seed),
+        )
+    )
+    # The rate Opacus' accountant records: 1 / batches per epoch, which is not always
+    # batch / blocks (466 blocks in batches of 4 give 1/116); plan the noise and budget with it.
+    rate = 1 / len(loader)
     noise = dp.noise_for(rate, total_steps or config.steps)
     check_budget(dp, history, noise, rate, config.steps)
 
@@ -225,11 +232,6 @@ def train_private(
     torch.manual_seed(config.seed)
     device = parameters[0].device
     optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
-    loader = DataLoader(
-        TensorDataset(blocks),
-        batch_size=min(config.batch_size, len(blocks)),
-        generator=torch.Generator().manual_seed(config.seed),
-    )
     model.train()  # Opacus validates a model in training mode
     engine = opacus().PrivacyEngine(accountant="rdp")
     engine.accountant.history = list(history)
@@ -239,7 +241,7 @@ def train_private(
         data_loader=loader,
         noise_multiplier=noise,
         max_grad_norm=dp.max_grad_norm,
-        poisson_sampling=True,
+        poisson_sampling=False,  # the loader already samples as Poisson (DPDataLoader)
         grad_sample_mode=dp.grad_sample_mode,
         noise_generator=torch.Generator(device=device).manual_seed(config.seed),
     )

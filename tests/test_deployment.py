@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
+from server.deployment.loopback import CONNECTION, Deployment, wait_for
 from server.records import read_rows
-from tests.deployment_setup import Deployment, wait_for
-from tests.federation_setup import run_config
+from tests.federation_setup import run_config, write_federation_files
 
 pytestmark = pytest.mark.slow
 TIERS = ("device", "edge", "cloud")
@@ -22,7 +22,8 @@ RUN_TIMEOUT = 600
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory):
-    deployment = Deployment(tmp_path_factory.mktemp("deployment"))
+    root = tmp_path_factory.mktemp("deployment")
+    deployment = Deployment(root, write_federation_files(root))
     try:
         deployment.start_superlink()
         deployment.keys = {tier: deployment.node_key(tier) for tier in TIERS}
@@ -78,7 +79,7 @@ def test_an_unregistered_node_key_is_refused(deployment):
     )
     assert node.wait(timeout=120) != 0
     assert "Failed to activate SuperNode" in deployment.log("supernode-stranger")
-    listed = deployment.flwr("supernode", "list", "famflow-test", "--format", "json")
+    listed = deployment.flwr("supernode", "list", CONNECTION, "--format", "json")
     reply = json.loads(listed.stdout[listed.stdout.index("{") :])
     assert {int(n["node-id"]) for n in reply["nodes"]} == set(deployment.node_ids.values())
 

@@ -169,3 +169,17 @@ def test_a_federation_with_dp_completes_and_a_spent_client_is_dropped(root):
     epsilons = [n["dp_epsilon"] for n in rows[1]["nodes"].values() if "dp_epsilon" in n]
     assert len(epsilons) == 2 and all(0 < value <= 8.0 for value in epsilons)
     assert rows[1]["dp_epsilon_max"] == max(epsilons)
+
+
+def test_the_planned_rate_is_the_one_opacus_records_so_the_whole_run_fits_the_budget(blocks):
+    # 466 blocks in batches of 4: Opacus' Poisson loader has 116 batches (not 116.5 or 117),
+    # and its accountant records 1/116; planning with 4/466 let a client overspend.
+    many = blocks.repeat(466 // len(blocks) + 1, 1)[:466]
+    dp = DPConfig(target_epsilon=3.0, max_grad_norm=1.0)
+    model, history = family(), []
+    for server_round in (1, 2, 3):
+        settings = TrainConfig(steps=2, batch_size=4, lr=1e-2, seed=server_round)
+        outcome = train_private(model, many, settings, dp, history, total_steps=6)
+        history = outcome.history
+        assert history[-1][1] == outcome.sample_rate == 1 / 116
+    assert 2.9 < outcome.epsilon <= 3.0

@@ -1,5 +1,5 @@
-"""Real Flower processes on 127.0.0.1 for the deployment tests: a SuperLink with TLS and
-SuperNode authentication, SuperNodes of each tier, ``flwr run``. Every process started is
+"""A deployment on 127.0.0.1 with real Flower processes, for tests and benchmarks: a SuperLink
+with TLS and SuperNode authentication, SuperNodes, ``flwr run``. Every process started is
 stopped with its children (a SuperLink and a SuperNode each start a SuperExec, which starts
 the ServerApp and ClientApp processes)."""
 
@@ -23,9 +23,8 @@ import psutil
 from familial.paths import REPO_ROOT
 from server.deployment.certificates import NodeKey, make_node_key, make_server_certificates
 from server.deployment.connection import write_connection
-from tests.federation_setup import write_federation_files
 
-CONNECTION = "famflow-test"
+CONNECTION = "famflow-loopback"
 BIN = Path(sys.executable).parent
 
 
@@ -67,6 +66,7 @@ class Deployment:
     """One SuperLink (TLS + SuperNode auth) under ``root``, and what was started against it."""
 
     root: Path
+    extra_env: dict[str, str] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
     port: int = 0
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
@@ -76,7 +76,8 @@ class Deployment:
         self.root.mkdir(parents=True, exist_ok=True)
         self.env = {
             **os.environ,
-            **write_federation_files(self.root),
+            "FLWR_HOME": str(self.root / "flwr"),
+            **self.extra_env,
             "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
             "FLWR_TELEMETRY_ENABLED": "0",
             "FLWR_DISABLE_UPDATE_CHECK": "1",
