@@ -369,3 +369,25 @@ def test_flexlora_server_step_is_the_best_global_rank_fit_of_the_stepped_product
         g["exit.4.norm.weight"] + 3.0 * (new["exit.4.norm.weight"] - g["exit.4.norm.weight"]),
         atol=1e-5,
     )
+
+
+def test_flexlora_svd_falls_back_to_the_transpose_when_lapack_does_not_converge(monkeypatch):
+    from strategies.rules import flexlora
+
+    rng = np.random.default_rng(0)
+    b, a = rng.normal(size=(12, 4)), rng.normal(size=(4, 10))
+    expected = flexlora.factored_svd(b, a)
+    real_svd, calls = np.linalg.svd, []
+
+    def fails_first(matrix, full_matrices=True):
+        calls.append(matrix.shape)
+        if len(calls) == 1:
+            raise np.linalg.LinAlgError("SVD did not converge")
+        return real_svd(matrix, full_matrices=full_matrices)
+
+    monkeypatch.setattr(np.linalg, "svd", fails_first)
+    u, s, vt = flexlora.factored_svd(b, a)
+    assert len(calls) == 2
+    assert_allclose(s, expected[1])
+    assert_allclose((u * s) @ vt, b @ a, atol=1e-10)
+    assert_allclose(np.abs(vt), np.abs(expected[2]), atol=1e-10)

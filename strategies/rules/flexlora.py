@@ -37,11 +37,21 @@ from strategies.rules.base import (
 )
 
 
+def thin_svd(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``np.linalg.svd``; LAPACK's divide and conquer fails to converge on rare matrices (seen
+    on DP-noised updates), and then the SVD of the transpose, which usually converges, is used."""
+    try:
+        return np.linalg.svd(matrix, full_matrices=False)
+    except np.linalg.LinAlgError:
+        u_t, s, vt_t = np.linalg.svd(matrix.T, full_matrices=False)
+        return vt_t.T, s, u_t.T
+
+
 def factored_svd(b: np.ndarray, a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Thin SVD ``U, S, Vt`` of ``b @ a`` (out x m times m x in) without forming the product."""
     q_b, r_b = np.linalg.qr(b.astype(np.float64))
     q_a, r_a = np.linalg.qr(a.astype(np.float64).T)
-    u, s, vt = np.linalg.svd(r_b @ r_a.T, full_matrices=False)
+    u, s, vt = thin_svd(r_b @ r_a.T)
     u, vt = q_b @ u, vt @ q_a.T
     # Each singular pair is defined up to a joint sign; fix it (largest |entry| of each row of
     # Vt positive) so that the same product always gives the same factors (resume, replays).
