@@ -88,7 +88,7 @@ def test_a_supernode_killed_mid_round_is_dropped_and_rejoins_after_a_restart(dep
     config = deployed_config(
         deployment,
         "killed-node",
-        **{"num-server-rounds": 3, "round-timeout": 60.0, "calibrate-exits": False},
+        **{"num-server-rounds": 3, "round-timeout": 120.0, "calibrate-exits": False},
         **{"evaluate-every": 10},
     )
     out = Path(config["out-dir"])
