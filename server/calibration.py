@@ -92,8 +92,7 @@ def calibrate_translators(
         traffic.up[node] = reply.content["arrays"].count_bytes()
         for depth, stats in statistics.items():
             totals[depth] = totals[depth] + stats if depth in totals else stats
-    for node in sorted(traffic.asked - {traffic.source(reply) for reply in replies}):
-        traffic.drop(node, "no-reply", "no reply before the round timeout")
+    for node in traffic.drop_unanswered(replies):
         logger.warning("calibration: node %d did not reply before the round timeout", node)
     if not totals:
         logger.warning("calibration: no usable reply, the translators stay at identity")

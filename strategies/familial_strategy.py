@@ -80,6 +80,13 @@ class RoundTraffic:
         self.dropped[node] = sentence
         self.reasons[node] = reason
 
+    def drop_unanswered(self, replies: Iterable[Message]) -> list[int]:
+        """Drop every node asked this round that ``replies`` hold no answer for; returns them."""
+        missing = sorted(self.asked - {self.source(reply) for reply in replies})
+        for node in missing:
+            self.drop(node, "no-reply", "no reply before the round timeout")
+        return missing
+
     def merge_drops(self, other: RoundTraffic) -> None:
         self.dropped |= other.dropped
         self.reasons |= other.reasons
@@ -225,10 +232,9 @@ class FamilialStrategy(Strategy):
         """Replies without errors, from planned nodes; the rest are dropped with a reason."""
         traffic = self.traffic.setdefault((server_round, kind), RoundTraffic())
         usable = []
-        replied = set()
+        replies = list(replies)
         for reply in replies:
             node = traffic.source(reply)
-            replied.add(node)
             if node not in self.plans:
                 traffic.drop(node, "not-profiled", "not a profiled node")
             elif reply.has_error() and reply.error.code == ErrorCode.NODE_UNAVAILABLE:
@@ -237,8 +243,7 @@ class FamilialStrategy(Strategy):
                 traffic.drop(node, "client-error", f"client error: {reply.error.reason}")
             else:
                 usable.append(reply)
-        for node in sorted(traffic.asked - replied):
-            traffic.drop(node, "no-reply", "no reply before the round timeout")
+        traffic.drop_unanswered(replies)
         return usable
 
     def _update(self, reply: Message) -> tuple[ClientUpdate, MetricRecord]:
