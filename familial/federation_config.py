@@ -27,6 +27,8 @@ class FederationConfig:
     own exit's path (``own``: the least to send; shallower exits train on shallower nodes).
     ``server_lr`` scales the step from the old global adapters to the rule's aggregate
     (``strategies.server_step``; 1.0 takes the aggregate).
+    ``fraction_train`` < 1 samples that share of each tier's nodes every round (at least one),
+    so every branch trains every round, and a tier's nodes take turns; ``min_nodes`` tops up.
     Held-out evaluation runs before round 1, every ``evaluate_every`` rounds and after the last.
     ``calibrate_exits`` fits the shallow exits' full translators in closed form before round 1,
     from statistics of ``calibration_blocks`` training blocks per node holding the deepest exit.

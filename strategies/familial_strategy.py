@@ -159,11 +159,26 @@ class FamilialStrategy(Strategy):
         return sorted(n for n in self.plans if self.online is None or n in self.online)
 
     def sample(self, server_round: int) -> list[int]:
+        """``fraction_train`` of each tier's reachable nodes, so every branch trains every round.
+
+        Within a tier the nodes take turns (an order shuffled once by the seed), so over
+        ``1 / fraction_train`` rounds each trains once; ``min_nodes`` tops up from the rest.
+        """
         nodes = self.reachable()
-        wanted = max(self.min_nodes, math.ceil(self.fraction_train * len(nodes)))
-        return sorted(
-            random.Random(self.seed + server_round).sample(nodes, min(wanted, len(nodes)))
-        )
+        by_tier: dict[str, list[int]] = {}
+        for node in nodes:
+            by_tier.setdefault(self.plans[node].tier, []).append(node)
+        chosen: list[int] = []
+        for tier, members in sorted(by_tier.items()):
+            random.Random(f"{self.seed}-{tier}").shuffle(members)
+            count = math.ceil(self.fraction_train * len(members))
+            start = (server_round - 1) * count
+            chosen += [members[(start + i) % len(members)] for i in range(count)]
+        rest = [node for node in nodes if node not in chosen]
+        missing = min(len(rest), self.min_nodes - len(chosen))
+        if missing > 0:
+            chosen += random.Random(self.seed + server_round).sample(rest, missing)
+        return sorted(chosen)
 
     def _messages(
         self,

@@ -73,3 +73,24 @@ def test_a_reply_from_a_node_sent_nothing_this_round_is_dropped():
     replies = [node_reply(sent[0], no_change, "fp32", 1), node_reply(stray, no_change, "fp32", 1)]
     wanted.aggregate_train(1, replies)
     assert "not sent anything" in wanted.traffic[(1, "train")].dropped[12]
+
+
+def test_sampling_takes_each_tiers_share_every_round_and_its_nodes_take_turns():
+    tiers = {1: "device", 2: "device", 3: "edge", 4: "edge", 5: "cloud", 6: "cloud"}
+    plans = {n: NodePlan(n, tier, 1, RANK, 2.0, "cpu", KEYS) for n, tier in tiers.items()}
+    sampler = FamilialStrategy(FedIT(), plans, fraction_train=0.5, min_nodes=2)
+
+    rounds = [sampler.sample(server_round) for server_round in (1, 2, 3)]
+
+    for chosen in rounds:
+        assert sorted(tiers[n] for n in chosen) == ["cloud", "device", "edge"]
+    assert sorted(rounds[0] + rounds[1]) == [1, 2, 3, 4, 5, 6]
+    assert rounds[2] == rounds[0]
+
+
+def test_min_nodes_tops_up_a_sample_smaller_than_it():
+    plans = {n: NodePlan(n, "edge", 1, RANK, 2.0, "cpu", KEYS) for n in range(1, 7)}
+    sampler = FamilialStrategy(FedIT(), plans, fraction_train=0.1, min_nodes=3)
+
+    assert len(sampler.sample(1)) == 3
+    assert len(set(sampler.sample(1))) == 3
