@@ -132,6 +132,17 @@ def epsilon(history: History, delta: float) -> float:
     return float(accountant(history).get_epsilon(delta)) if history else 0.0
 
 
+def central_epsilon(noise: float, rounds: int, delta: float) -> float:
+    """User-level epsilon after ``rounds`` rounds of central DP at noise multiplier ``noise``.
+
+    Each round releases every key's sum of clipped changes (norm <= C per node, all keys
+    together) plus Gaussian noise of std ``noise * C``: the Gaussian mechanism, composed over
+    rounds by Opacus' RDP accountant. No sampling amplification is credited, since a node may
+    be chosen every round.
+    """
+    return epsilon([(noise, 1.0, rounds)], delta)
+
+
 def extended(history: History, noise: float, rate: float, steps: int) -> History:
     """``history`` plus ``steps`` steps at (noise, rate), merged as Opacus merges them."""
     rdp = accountant(history)

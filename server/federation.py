@@ -13,6 +13,7 @@ from flwr.app import ConfigRecord, Message, MessageType, MetricRecord
 from flwr.serverapp import Grid
 
 from familial.federation_config import FederationConfig
+from familial.privacy import central_epsilon
 from server.calibration import calibrate_translators
 from server.checkpoints import load_checkpoint, save_checkpoint
 from server.export import export_branches
@@ -20,7 +21,7 @@ from server.membership import refresh_nodes
 from server.plans import codec_reference, initial_global_state, node_plans
 from server.profiles import query_profiles, usable_profiles
 from server.records import RoundRecorder, read_rows
-from strategies.central_dp import CentralDPSettings
+from strategies.central_dp import CentralDPSettings, unstated_guarantee
 from strategies.familial_strategy import FamilialStrategy, NodePlan, RoundTraffic
 from strategies.records import from_record, to_record
 from strategies.robust import RobustSettings
@@ -110,6 +111,16 @@ def reply_seconds(reply: Message, key: str) -> float:
     return float(value) if isinstance(value, int | float) and math.isfinite(value) else 0.0
 
 
+def central_dp_accounted(config: FederationConfig) -> bool:
+    """Whether the rows carry central DP's user-level epsilon (logged when they cannot)."""
+    if config.central_dp_noise <= 0:
+        return False
+    reason = unstated_guarantee(config.rule, config.robust)
+    if reason is not None:
+        logger.warning("central DP is on but no epsilon is stated: %s.", reason)
+    return reason is None
+
+
 def run_federation(grid: Grid, config: FederationConfig) -> list[dict[str, Any]]:
     """Run the federation described by ``config``; returns the per-round rows."""
     out = Path(config.out_dir)
@@ -144,6 +155,7 @@ def run_federation(grid: Grid, config: FederationConfig) -> list[dict[str, Any]]
         central_dp=CentralDPSettings(config.central_dp_noise, config.central_dp_clip),
     )
     strategy.summary()
+    accounted = central_dp_accounted(config)
     recorder = RoundRecorder(out)
     timeout = config.round_timeout
     calibration = RoundTraffic()
@@ -185,6 +197,10 @@ def run_federation(grid: Grid, config: FederationConfig) -> list[dict[str, Any]]
             train_replies,
             time.perf_counter() - start,
         )
+        if accounted:
+            row["central_dp_epsilon"] = central_epsilon(
+                config.central_dp_noise, server_round, config.dp_delta
+            )
         save_checkpoint(
             out / "checkpoints",
             server_round,

@@ -30,7 +30,14 @@ class RoundRecorder:
         for depth, metrics in row.get("exits", {}).items():
             for name, value in metrics.items():
                 self.writer.add_scalar(f"{name}/exit-{depth}", value, step)
-        for name in ("bytes_up", "bytes_down", "seconds", "train_seconds_max", "dp_epsilon_max"):
+        for name in (
+            "bytes_up",
+            "bytes_down",
+            "seconds",
+            "train_seconds_max",
+            "dp_epsilon_max",
+            "central_dp_epsilon",
+        ):
             if name in row:
                 self.writer.add_scalar(f"round/{name}", row[name], step)
         for name in BYTES:

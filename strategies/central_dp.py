@@ -48,6 +48,18 @@ class CentralDPSettings:
         return self.noise > 0
 
 
+def unstated_guarantee(rule: str, robust: str) -> str | None:
+    """Why central DP's epsilon does not hold for this setup, or None when it does."""
+    if rule == "flexlora":
+        return (
+            "flexlora averages each node's noised B x A product, not the noised mean; "
+            "use rule='ffa' (or fedit, hetlora)"
+        )
+    if robust != "none":
+        return f"robust={robust!r} lets one node's change alter the others'; use robust='none'"
+    return None
+
+
 def holder_counts(values: list[np.ndarray]) -> np.ndarray:
     """Per coordinate of the largest shape, how many of ``values`` reach it."""
     shape = tuple(max(value.shape[axis] for value in values) for axis in range(values[0].ndim))

@@ -70,3 +70,30 @@ def test_off_and_bad_settings():
     assert central_dp_updates(updates, [{"a": np.zeros(2)}], CentralDPSettings(), None) is updates  # type: ignore[arg-type]
     with pytest.raises(FamflowError, match="needs a clipping bound"):
         CentralDPSettings(noise=1.0)
+
+
+def test_central_epsilon_is_opacus_gaussian_mechanism_composed_over_rounds():
+    from opacus.accountants import RDPAccountant
+
+    from familial.privacy import central_epsilon
+
+    rdp = RDPAccountant()
+    for _ in range(3):
+        rdp.step(noise_multiplier=NOISE, sample_rate=1.0)
+    after_three = central_epsilon(NOISE, 3, 1e-5)
+    assert after_three == pytest.approx(rdp.get_epsilon(1e-5))
+    assert after_three == pytest.approx(4.0113, abs=1e-3)
+    assert central_epsilon(NOISE, 1, 1e-5) < after_three < central_epsilon(NOISE, 10, 1e-5)
+
+
+@pytest.mark.parametrize(
+    ("rule", "robust", "words"),
+    [("flexlora", "none", "rule='ffa'"), ("ffa", "median", "robust='none'"), ("ffa", "none", None)],
+)
+def test_an_epsilon_is_stated_only_where_the_noised_mean_is_what_the_server_uses(
+    rule, robust, words
+):
+    from strategies.central_dp import unstated_guarantee
+
+    reason = unstated_guarantee(rule, robust)
+    assert reason is None if words is None else words in reason

@@ -9,6 +9,7 @@ from familial.loading import load_branch
 from familial.lora import LoraSettings, attach_lora, trainable_state
 from familial.privacy import (
     DPConfig,
+    central_epsilon,
     check_budget,
     epsilon,
     extended,
@@ -169,6 +170,7 @@ def test_a_federation_with_dp_completes_and_a_spent_client_is_dropped(root):
     epsilons = [n["dp_epsilon"] for n in rows[1]["nodes"].values() if "dp_epsilon" in n]
     assert len(epsilons) == 2 and all(0 < value <= 8.0 for value in epsilons)
     assert rows[1]["dp_epsilon_max"] == max(epsilons)
+    assert rows[1]["central_dp_epsilon"] == pytest.approx(central_epsilon(0.5, 1, 1e-5))
 
 
 def test_the_planned_rate_is_the_one_opacus_records_so_the_whole_run_fits_the_budget(blocks):
