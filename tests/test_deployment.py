@@ -56,22 +56,6 @@ def nodes_by_tier(row: dict[str, Any], deployment: Deployment) -> dict[str, dict
     return {by_id[node]: entry for node, entry in row["nodes"].items()}
 
 
-def test_two_rounds_on_three_supernodes_of_three_tiers(deployment):
-    config = deployed_config(deployment, "two-rounds")
-    log = run_to_end(deployment, config, "two-rounds")
-    rows = read_rows(Path(config["out-dir"]))
-    assert [row["round"] for row in rows] == [0, 1, 2], log
-    for row in rows[1:]:
-        nodes = nodes_by_tier(row, deployment)
-        assert {tier: nodes[tier]["exit"] for tier in TIERS} == EXITS
-        up = [nodes[tier]["bytes_up"] for tier in TIERS]
-        assert 0 < up[0] < up[1] < up[2]  # each node sent its own, larger, branch
-        assert all(nodes[tier]["bytes_down"] > 0 for tier in TIERS)
-        assert row["dropped"] == {}
-        assert row["startup_seconds_sum"] > 0  # a fresh ClientApp process per message
-    assert (Path(config["out-dir"]) / "export" / "exit-1" / "adapter_config.json").is_file()
-
-
 def test_an_unregistered_node_key_is_refused(deployment):
     stranger = deployment.node_key("stranger")
     node = deployment.start_supernode(
@@ -112,8 +96,9 @@ def test_a_supernode_killed_mid_round_is_dropped_and_rejoins_after_a_restart(dep
     assert set(rows[3]["exits"]) == {"1", "2", "4"}
 
 
-def test_a_killed_serverapp_resumes_from_its_last_checkpoint(deployment):
-    config = deployed_config(deployment, "resumed", **{"calibrate-exits": False})
+def test_two_rounds_on_three_tiers_go_on_after_the_serverapp_is_killed_and_resumed(deployment):
+    # Round 1's row is written right after its training (no evaluation until the last round).
+    config = deployed_config(deployment, "resumed", **{"evaluate-every": 10})
     out = Path(config["out-dir"])
     run = deployment.start_run(config, "killed-serverapp")
     wait_for(lambda: len(read_rows(out)) >= 2, RUN_TIMEOUT, "round 1")
@@ -130,4 +115,14 @@ def test_a_killed_serverapp_resumes_from_its_last_checkpoint(deployment):
     assert [row["round"] for row in rows] == [0, 1, 2], log
     assert (out / "checkpoints" / "round-1.safetensors").read_bytes() == round_1
     assert (out / "checkpoints" / "round-2.json").is_file()
+    for row in rows[1:]:
+        nodes = nodes_by_tier(row, deployment)
+        assert {tier: nodes[tier]["exit"] for tier in TIERS} == EXITS
+        up = [nodes[tier]["bytes_up"] for tier in TIERS]
+        assert 0 < up[0] < up[1] < up[2]  # each node sent its own, larger, branch
+        assert all(nodes[tier]["bytes_down"] > 0 for tier in TIERS)
+        assert row["dropped"] == {}
+        assert row["startup_seconds_sum"] > 0  # a fresh ClientApp process per message
+    assert set(rows[2]["exits"]) == {"1", "2", "4"}
+    assert (out / "export" / "exit-1" / "adapter_config.json").is_file()
     assert (out / "export" / "exit-4").is_dir()
