@@ -25,7 +25,7 @@ from strategies.central_dp import CentralDPSettings, unstated_guarantee
 from strategies.familial_strategy import FamilialStrategy, NodePlan, RoundTraffic
 from strategies.records import from_record, to_record
 from strategies.robust import RobustSettings
-from strategies.rules import get_rule
+from strategies.rules import AggregationRule, get_rule
 from strategies.validation import ReplyLimits
 
 logger = logging.getLogger("famflow.server")
@@ -111,11 +111,11 @@ def reply_seconds(reply: Message, key: str) -> float:
     return float(value) if isinstance(value, int | float) and math.isfinite(value) else 0.0
 
 
-def central_dp_accounted(config: FederationConfig) -> bool:
+def central_dp_accounted(config: FederationConfig, rule: AggregationRule) -> bool:
     """Whether the rows carry central DP's user-level epsilon (logged when they cannot)."""
     if config.central_dp_noise <= 0:
         return False
-    reason = unstated_guarantee(config.rule, config.robust)
+    reason = unstated_guarantee(rule, config.robust)
     if reason is not None:
         logger.warning("central DP is on but no epsilon is stated: %s.", reason)
     return reason is None
@@ -155,7 +155,7 @@ def run_federation(grid: Grid, config: FederationConfig) -> list[dict[str, Any]]
         central_dp=CentralDPSettings(config.central_dp_noise, config.central_dp_clip),
     )
     strategy.summary()
-    accounted = central_dp_accounted(config)
+    accounted = central_dp_accounted(config, rule)
     recorder = RoundRecorder(out)
     timeout = config.round_timeout
     calibration = RoundTraffic()

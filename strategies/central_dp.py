@@ -27,7 +27,7 @@ import numpy as np
 
 from familial.errors import FamflowError
 from strategies.robust import _leading, changes
-from strategies.rules.base import ClientUpdate, State
+from strategies.rules.base import AggregationRule, ClientUpdate, State
 
 
 @dataclass(frozen=True)
@@ -48,11 +48,11 @@ class CentralDPSettings:
         return self.noise > 0
 
 
-def unstated_guarantee(rule: str, robust: str) -> str | None:
+def unstated_guarantee(rule: AggregationRule, robust: str) -> str | None:
     """Why central DP's epsilon does not hold for this setup, or None when it does."""
-    if rule == "flexlora":
+    if rule.on_products:
         return (
-            "flexlora averages each node's noised B x A product, not the noised mean; "
+            f"{rule.name} averages each node's noised B x A product, not the noised mean; "
             "use rule='ffa' (or fedit, hetlora)"
         )
     if robust != "none":

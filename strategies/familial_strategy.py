@@ -26,7 +26,7 @@ from familial.errors import FamflowError
 from strategies.central_dp import CentralDPSettings, central_dp_updates
 from strategies.records import from_record, to_record
 from strategies.robust import RobustSettings, robust_updates
-from strategies.rules import AggregationRule, ClientUpdate, FlexLoRA
+from strategies.rules import AggregationRule, ClientUpdate
 from strategies.server_step import server_step
 from strategies.validation import (
     ReplyError,
@@ -324,7 +324,6 @@ class FamilialStrategy(Strategy):
             return None, None
         updates = [entry.update for entry in accepted]
         sent = [self._sent[entry.node] for entry in accepted]
-        on_products = isinstance(self.rule, FlexLoRA)
         try:
             # Finite but absurd values (a key with too few holders to compare) may overflow.
             with np.errstate(over="ignore", invalid="ignore"):
@@ -332,7 +331,7 @@ class FamilialStrategy(Strategy):
                 noise_rng = np.random.default_rng([self.seed, server_round])
                 private = central_dp_updates(robust, sent, self.central_dp, noise_rng)
                 aggregate = self.rule.aggregate(self._global, private)
-                new = server_step(self._global, aggregate, self.server_lr, on_products)
+                new = server_step(self._global, aggregate, self.server_lr, self.rule.on_products)
             if not all(np.isfinite(value).all() for value in new.values()):
                 raise FamflowError("it holds NaN or inf values")
         except (FamflowError, np.linalg.LinAlgError) as error:

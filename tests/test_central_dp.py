@@ -95,5 +95,5 @@ def test_an_epsilon_is_stated_only_where_the_noised_mean_is_what_the_server_uses
 ):
     from strategies.central_dp import unstated_guarantee
 
-    reason = unstated_guarantee(rule, robust)
+    reason = unstated_guarantee(get_rule(rule), robust)
     assert reason is None if words is None else words in reason

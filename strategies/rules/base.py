@@ -50,6 +50,8 @@ class AggregationRule(Protocol):
     """A pure aggregation rule over named arrays (one file per rule)."""
 
     name: str
+    # True where the rule averages each node's B x A product instead of the exchanged factors.
+    on_products: bool
 
     def validate(self, global_arrays: State, update: ClientUpdate) -> None:
         """Raise ``FamflowError`` if this update cannot be aggregated into ``global_arrays``."""

@@ -27,6 +27,7 @@ class FedIT:
     """Per-key example-weighted mean of every tensor, LoRA factors included."""
 
     name: str = "fedit"
+    on_products: bool = False
 
     def validate(self, global_arrays: State, update: ClientUpdate) -> None:
         check_update(global_arrays, update, self.name, same_rank=True, pairs=True)

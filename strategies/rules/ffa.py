@@ -37,6 +37,7 @@ class FFA:
     """Average zero-padded B and dense keys per key; keep the frozen global A."""
 
     name: str = "ffa"
+    on_products: bool = False
     a_tolerance: float = A_TOLERANCE
 
     def validate(self, global_arrays: State, update: ClientUpdate) -> None:

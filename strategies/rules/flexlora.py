@@ -105,6 +105,7 @@ class FlexLoRA:
     """Exact weighted product per module, truncated SVD back to the global and client ranks."""
 
     name: str = "flexlora"
+    on_products: bool = True
 
     def validate(self, global_arrays: State, update: ClientUpdate) -> None:
         check_update(global_arrays, update, self.name, same_rank=False, pairs=True)

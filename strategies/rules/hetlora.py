@@ -45,6 +45,7 @@ class HetLoRA:
     """Zero-padded per-module average at the global rank, truncated per client."""
 
     name: str = "hetlora"
+    on_products: bool = False
     norm_weighted: bool = False
 
     def validate(self, global_arrays: State, update: ClientUpdate) -> None:
