@@ -3,13 +3,17 @@
 For every prompt and setting: acceptance rate and accepted tokens per round trip
 (speculative), tokens decided per tier (early exit), bytes over the device link per token
 against cloud-only (prompt and new token ids as int32), and the latency estimate (compute
-measured here + link model) against cloud-only and device-only under each link model. The
-same run times transformers' own assisted generation with ``assistant_early_exit`` = the
-device exit on the plain Hugging Face model (no adapters) against its own greedy generation.
+measured here + link model) against cloud-only and device-only under each link model, with
+the acceptance rate a target speedup over cloud-only would need at the measured cost of a
+round trip. Prompts are chat questions, or with ``--held-out N`` the openings of held-out
+blocks of the demo's data (the domain the federation trained on). The same run times
+transformers' own assisted generation with ``assistant_early_exit`` = the device exit on the
+plain Hugging Face model (no adapters) against its own greedy generation.
 
     .venv/bin/python benchmarks/collab_inference.py [--model smollm2-135m]
         [--adapters runs/federation/export] [--route device,edge,cloud] [--draft-tokens 2 4]
-        [--threshold 0.9] [--codec fp16] [--max-new-tokens 32] [--json out.json]
+        [--threshold 0.9] [--codec fp16] [--max-new-tokens 32] [--target 1.25]
+        [--held-out N] [--json out.json]
 """
 
 from __future__ import annotations
@@ -17,13 +21,14 @@ from __future__ import annotations
 import argparse
 import json
 import time
+import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
 from familial.collab.compare import RouteComparison, RouteSettings, compare_route
-from familial.collab.latency import Link
+from familial.collab.latency import Link, acceptance_for_speedup
 from familial.collab.route import load_route_models, parse_route
 from familial.presets import ModelSpec, resolve_model
 from familial.tokenizer import load_tokenizer
@@ -36,6 +41,7 @@ PROMPTS = (
     "Why is the sky blue?",
 )
 LINKS = ("10e6,0.05", "100e6,0.01")
+TARGET_SPEEDUP = 1.25
 
 
 def encode_prompt(tokenizer, text: str) -> torch.Tensor:
@@ -81,6 +87,19 @@ def time_hf(model, input_ids, max_new_tokens: int, eos: int | None, early_exit: 
     return tokens, time.perf_counter() - begin
 
 
+def held_out_prompts(count: int, tokens: int) -> list[torch.Tensor]:
+    """The first ``tokens`` of held-out blocks of the demo's data (pyproject's run config),
+    one block per node's partition in turn: text in the domain the federation trained on."""
+    from clients.task import get_data
+    from familial.federation_config import FederationConfig
+
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    config = FederationConfig.from_run_config(pyproject["tool"]["flwr"]["app"]["config"])
+    nodes = sum(n for _, n in config.tier_counts())
+    blocks = [get_data(config, i % nodes).validation[i // nodes] for i in range(count)]
+    return [block[:tokens] for block in blocks]
+
+
 def settings_grid(
     draft_tokens: Sequence[int], thresholds: Sequence[float], codec: str, n: int, transport: str
 ) -> list[RouteSettings]:
@@ -95,20 +114,24 @@ def settings_grid(
     return grid
 
 
-def summarize(label: str, runs: list[RouteComparison], links: list[Link]) -> dict:
+def summarize(
+    label: str, runs: list[RouteComparison], links: list[Link], target: float = TARGET_SPEEDUP
+) -> dict:
     """One table row: totals over prompts, so ratios weigh every prompt by its time."""
     new = sum(c.result.new_tokens for c in runs)
+    speculative = bool(runs) and runs[0].settings.mode == "speculative"
+    round_trips = sum(c.result.round_trips for c in runs)
     row = {
         "setting": label,
         "acceptance_rate": _ratio(
             sum(r.accepted for c in runs for r in c.result.rounds),
             sum(r.drafted for c in runs for r in c.result.rounds),
         )
-        if runs and runs[0].settings.mode == "speculative"
+        if speculative
         else None,
         "tokens_per_round_trip": _ratio(
             sum(r.emitted for c in runs for r in c.result.rounds if r.round_trip),
-            sum(c.result.round_trips for c in runs),
+            round_trips,
         ),
         "bytes_per_token": _ratio(sum(c.result.device_bytes for c in runs), new),
         "cloud_only_bytes_per_token": _ratio(
@@ -134,6 +157,14 @@ def summarize(label: str, runs: list[RouteComparison], links: list[Link]) -> dic
             "speedup_vs_cloud": cloud / collab,
             "speedup_vs_device": device / collab,
         }
+        if speculative and round_trips:
+            row["latency"][link.describe()]["acceptance_for_target"] = acceptance_for_speedup(
+                target,
+                collab / round_trips,
+                cloud / sum(c.cloud_new_tokens for c in runs),
+                runs[0].settings.draft_tokens,
+            )
+    row["target_speedup"] = target
     return row
 
 
@@ -145,7 +176,7 @@ def benchmark(
     spec: ModelSpec,
     adapters: Path | None = None,
     route: str = "device,edge,cloud",
-    prompts: Sequence[str] = PROMPTS,
+    prompts: Sequence[str | torch.Tensor] = PROMPTS,
     draft_tokens: Sequence[int] = (2, 4),
     thresholds: Sequence[float] = (0.9,),
     codec: str = "fp16",
@@ -153,13 +184,16 @@ def benchmark(
     links: Sequence[str] = LINKS,
     transport: str = "local",
     with_hf: bool = True,
+    target: float = TARGET_SPEEDUP,
 ) -> dict:
     exits = parse_route(route, spec.family.exits)
     tokenizer = load_tokenizer(spec)
     eos = tokenizer.eos_token_id
     models = load_route_models(spec, exits, adapters)
     link_models = [Link.parse(text) for text in links]
-    inputs = [encode_prompt(tokenizer, text) for text in prompts]
+    inputs = [
+        encode_prompt(tokenizer, p) if isinstance(p, str) else p.reshape(1, -1) for p in prompts
+    ]
     rows = []
     for settings in settings_grid(draft_tokens, thresholds, codec, max_new_tokens, transport):
         runs = [compare_route(models, exits, ids, settings, eos) for ids in inputs]
@@ -168,7 +202,7 @@ def benchmark(
             if settings.mode == "speculative"
             else f"early exit p>={settings.threshold:g}"
         )
-        row = summarize(label, runs, link_models)
+        row = summarize(label, runs, link_models, target)
         if settings.mode == "early-exit":
             counts = [c.result.resolved_counts(len(exits)) for c in runs]
             row["decided_per_tier"] = [sum(col) for col in zip(*counts, strict=True)]
@@ -179,7 +213,7 @@ def benchmark(
         "exits": exits,
         "codec": codec,
         "max_new_tokens": max_new_tokens,
-        "prompts": list(prompts),
+        "prompts": [p if isinstance(p, str) else tokenizer.decode(p.flatten()) for p in prompts],
         "rows": rows,
         "hf_assisted": None,
     }
@@ -206,25 +240,29 @@ def benchmark(
 
 
 def format_table(result: dict) -> str:
-    links = list(result["rows"][0]["latency"]) if result["rows"] else []
+    if not result["rows"]:
+        return f"{result['model']}: no settings were run."
+    links = list(result["rows"][0]["latency"])
     lines = [
         f"{result['model']} (adapters: {result['adapters'] or 'none'}), exits "
         f"{' -> '.join(map(str, result['exits']))}, {result['codec']} hidden states, "
         f"{len(result['prompts'])} prompts x up to {result['max_new_tokens']} new tokens",
         "latency = compute measured in this run + link model (RTT + bytes / bandwidth per hop); "
         "x cloud = cloud-only (one request, tokens streamed back) / collaborative latency "
-        "(> 1: collaboration is faster); x tok = the same against cloud-only with a round "
-        "trip per token; x dev = device-only / collaborative",
+        "(> 1: collaboration is faster); need = the acceptance rate at which speculation "
+        f"would be {result['rows'][0]['target_speedup']:g}x faster than cloud-only, at this "
+        "round trip's measured cost (> 1: no draft reaches it); x tok = the same against "
+        "cloud-only with a round trip per token; x dev = device-only / collaborative",
     ]
     head = (
         f"{'setting':<22} {'accept':>6} {'tok/RT':>6} {'B/tok':>8} {'cloud B/tok':>11} {'same':>5}"
     )
     sub = " " * len(head)
     for link in links:
-        head += f" | {link:^50}"
+        head += f" | {link:^56}"
         sub += (
-            f" | {'collab s':>9} {'cloud s':>8} {'x cloud':>7} {'x tok':>6} {'device s':>8}"
-            f" {'x dev':>5}"
+            f" | {'collab s':>9} {'cloud s':>8} {'x cloud':>7} {'need':>5} {'x tok':>6}"
+            f" {'device s':>8} {'x dev':>5}"
         )
     lines += [head, sub]
     for row in result["rows"]:
@@ -239,7 +277,8 @@ def format_table(result: dict) -> str:
             cell = row["latency"][link]
             text += (
                 f" | {cell['collaborative_s']:>9.3f} {cell['cloud_only_s']:>8.3f} "
-                f"{cell['speedup_vs_cloud']:>7.2f} {cell['speedup_vs_cloud_per_token']:>6.2f} "
+                f"{cell['speedup_vs_cloud']:>7.2f} {_need(cell):>5} "
+                f"{cell['speedup_vs_cloud_per_token']:>6.2f} "
                 f"{cell['device_only_s']:>8.3f} {cell['speedup_vs_device']:>5.2f}"
             )
         if "decided_per_tier" in row:
@@ -258,6 +297,11 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _need(cell: dict) -> str:
+    need = cell.get("acceptance_for_target")
+    return "-" if need is None else f"{need:.2f}"
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="smollm2-135m")
@@ -270,6 +314,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--link", action="append", help=f"BW,RTT (default {' and '.join(LINKS)})")
     parser.add_argument("--transport", choices=("local", "http"), default="local")
     parser.add_argument("--prompts", type=int, default=len(PROMPTS), help="how many prompts")
+    parser.add_argument(
+        "--held-out",
+        type=int,
+        default=0,
+        metavar="N",
+        help="prompt with the first 32 tokens of N held-out blocks of the demo's data instead",
+    )
+    parser.add_argument(
+        "--target", type=float, default=TARGET_SPEEDUP, help="speedup whose acceptance to show"
+    )
     parser.add_argument("--no-hf", action="store_true", help="skip transformers' reference")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
@@ -277,7 +331,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         resolve_model(args.model),
         args.adapters,
         args.route,
-        PROMPTS[: args.prompts],
+        held_out_prompts(args.held_out, 32) if args.held_out else PROMPTS[: args.prompts],
         args.draft_tokens,
         args.threshold,
         args.codec,
@@ -285,6 +339,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.link or LINKS,
         args.transport,
         not args.no_hf,
+        args.target,
     )
     print(format_table(result))
     if args.json:

@@ -4,6 +4,7 @@ import importlib.util
 import re
 
 import pytest
+import torch
 
 from familial.cli import main
 from familial.paths import REPO_ROOT
@@ -68,7 +69,7 @@ def test_benchmark_core_on_the_tiny_preset():
     result = bench.benchmark(
         resolve_model("tiny"),
         route="device,cloud",
-        prompts=bench.PROMPTS[:2],
+        prompts=(bench.PROMPTS[0], torch.tensor([5, 6, 7, 8])),  # chat text, then token ids
         draft_tokens=(2,),
         thresholds=(0.5,),
         codec="fp32",
@@ -84,6 +85,10 @@ def test_benchmark_core_on_the_tiny_preset():
         assert slow["speedup_vs_cloud"] == pytest.approx(
             slow["cloud_only_s"] / slow["collaborative_s"]
         )
+    need = speculative["latency"]["10 Mbit/s, 50 ms RTT"]["acceptance_for_target"]
+    assert speculative["target_speedup"] == 1.25 and need > 0
+    assert "acceptance_for_target" not in early["latency"]["10 Mbit/s, 50 ms RTT"]
+    assert result["prompts"][0] == bench.PROMPTS[0] and isinstance(result["prompts"][1], str)
     hf = result["hf_assisted"]
     assert hf["assistant_early_exit"] == 2 and hf["identical"] == 2
     table = bench.format_table(result)

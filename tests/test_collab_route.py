@@ -14,6 +14,7 @@ from familial.collab import (
 from familial.collab.decoding import CollabResult, Round
 from familial.collab.latency import (
     Link,
+    acceptance_for_speedup,
     cloud_only_latency,
     cloud_per_token_latency,
     collaborative_latency,
@@ -124,6 +125,16 @@ def test_latency_model_adds_compute_and_every_hop():
     )
     per_token = cloud_per_token_latency(4, 6, 0.5, [slow, fast])
     assert per_token == pytest.approx(0.5 + 0.06 + 20e-6 + 2e-6 + 5 * (0.06 + 8e-6 + 8e-7))
+
+
+def test_acceptance_a_speedup_needs():
+    # A 0.2 s round trip of 4 drafts against 0.05 s per cloud token: 1.25x needs 5 tokens per
+    # round trip, every draft accepted; 1x needs 4, three drafts in four.
+    assert acceptance_for_speedup(1.25, 0.2, 0.05, 4) == pytest.approx(1.0)
+    assert acceptance_for_speedup(1.0, 0.2, 0.05, 4) == pytest.approx(0.75)
+    assert acceptance_for_speedup(1.25, 0.5, 0.05, 4) > 1  # out of reach of any draft
+    with pytest.raises(FamflowError, match="positive times"):
+        acceptance_for_speedup(1.25, 0.2, 0.0, 4)
 
 
 def test_links_parse_and_cover_every_hop():

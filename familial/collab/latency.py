@@ -96,3 +96,20 @@ def cloud_per_token_latency(
     first = sum(link.exchange_s(TOKEN_BYTES * prompt_tokens, TOKEN_BYTES) for link in hop_links)
     rest = sum(link.exchange_s(TOKEN_BYTES, TOKEN_BYTES) for link in hop_links)
     return cloud_compute_s + first + max(0, new_tokens - 1) * rest
+
+
+def acceptance_for_speedup(
+    speedup: float, round_trip_s: float, cloud_token_s: float, draft_tokens: int
+) -> float:
+    """The acceptance rate (accepted / drafted) that ``speedup`` over cloud-only needs.
+
+    A round trip of k drafts emits 1 + k x acceptance tokens; this keeps the round trip's
+    measured cost ``round_trip_s`` (k drafts and one verification, whatever is accepted) and
+    solves ``tokens x cloud_token_s = speedup x round_trip_s``. Above 1, no draft reaches it.
+    """
+    if min(round_trip_s, cloud_token_s) <= 0 or draft_tokens < 1:
+        raise FamflowError(
+            "The acceptance a speedup needs takes positive times and at least one draft token."
+        )
+    tokens = speedup * round_trip_s / cloud_token_s
+    return (tokens - 1) / draft_tokens
