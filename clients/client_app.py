@@ -79,7 +79,7 @@ def make_client_app(
         config = run_config(context)
         setup = msg.content["config"]
         settings = TrainConfig(
-            steps=config.local_steps,
+            steps=int(setup.get("local-steps", config.local_steps)),
             batch_size=config.batch_size,
             lr=float(setup["lr"]),
             min_lr_ratio=1.0,
@@ -105,6 +105,7 @@ def make_client_app(
             "startup-seconds": startup,
             "load-seconds": loaded - start,
             "tokens": result.tokens,
+            "local-steps": result.steps,
         }
         metrics |= {f"loss-exit-{d}": loss for d, loss in result.exit_losses.items()}
         metrics |= dp_metrics

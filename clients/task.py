@@ -199,7 +199,7 @@ def train_round(
         settings,
         dp_config(config),
         dp_history(context),
-        total_steps=config.num_server_rounds * config.local_steps,
+        total_steps=config.num_server_rounds * settings.steps,
     )
     store_dp_history(context, private.history)
     return private.result, {"dp-epsilon": private.epsilon, "dp-noise": private.noise_multiplier}

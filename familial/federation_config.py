@@ -25,6 +25,8 @@ class FederationConfig:
     ``branch_exits``: a node trains every exit its branch holds (``held``: the trunk learns
     from all of them, and a Ruyi branch carries the shallower exits' own layers) or only its
     own exit's path (``own``: the least to send; shallower exits train on shallower nodes).
+    ``tier_local_steps`` gives some tiers their own local steps per round (``cloud:20``: a
+    stronger node does more work in a round); the other tiers take ``local_steps``.
     ``server_lr`` scales the step from the old global adapters to the rule's aggregate
     (``strategies.server_step``; 1.0 takes the aggregate).
     ``fraction_train`` < 1 samples that share of each tier's nodes every round (at least one),
@@ -57,6 +59,7 @@ class FederationConfig:
     codec: str = "fp32"
     lora_alpha_ratio: float = 2.0
     local_steps: int = 10
+    tier_local_steps: str = ""
     batch_size: int = 4
     seq_len: int = 64
     lr: float = 2e-3
@@ -121,6 +124,7 @@ class FederationConfig:
                 "lr, server-lr, lora-alpha-ratio and round-timeout must be positive."
             )
         self.tier_counts()
+        self.local_steps_by_tier()
 
     def _check_dp(self) -> None:
         if self.dp_noise_multiplier < 0 or self.dp_target_epsilon < 0:
@@ -194,6 +198,24 @@ class FederationConfig:
                 "write e.g. device:2,edge:2,cloud:2."
             )
         return counts
+
+    def local_steps_by_tier(self) -> dict[str, int]:
+        """The tiers ``tier-local-steps`` names, with their local steps per round."""
+        try:
+            pairs = [item.split(":") for item in self.tier_local_steps.split(",") if item.strip()]
+            steps = {name.strip(): int(count) for name, count in pairs}
+        except ValueError:
+            steps = {"": 0}
+        if any(not name or count < 1 for name, count in steps.items()):
+            raise FamflowError(
+                f"tier-local-steps {self.tier_local_steps!r} is not a list of tier:steps pairs "
+                "with steps >= 1: write e.g. cloud:20,device:5, or leave it empty."
+            )
+        return steps
+
+    def local_steps_of(self, tier: str) -> int:
+        """The local steps per round of a node of ``tier``."""
+        return self.local_steps_by_tier().get(tier, self.local_steps)
 
     def tier_of_partition(self, partition_id: int) -> str:
         """The tier of simulated node ``partition_id`` (the mix repeats past its end)."""

@@ -85,6 +85,11 @@ def round_row(
         "startup_seconds_sum": sum(reply_seconds(r, "startup-seconds") for r in answered),
         "load_seconds_sum": sum(reply_seconds(r, "load-seconds") for r in answered),
     }
+    for reply in answered:  # the local steps each node trained (tier-local-steps)
+        metrics = reply.content.get("metrics")
+        steps = metrics.get("local-steps") if isinstance(metrics, MetricRecord) else None
+        if reply.metadata.src_node_id in plans and isinstance(steps, int):
+            row["nodes"][str(reply.metadata.src_node_id)]["local_steps"] = steps
     for node, value in epsilons.items():  # cumulative sample-level DP epsilon (familial.privacy)
         if node in plans:
             row["nodes"][str(node)]["dp_epsilon"] = value

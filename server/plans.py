@@ -44,15 +44,16 @@ def node_plans(
     for node, profile in profiles.items():
         rank = int(profile["rank"]) if config.rule in HETEROGENEOUS_RULES else max(ranks)
         rank = min(rank, max(ranks))
-        exit_depth = int(profile["exit"])
+        exit_depth, tier = int(profile["exit"]), str(profile["tier"])
         plans[node] = NodePlan(
             node_id=node,
-            tier=str(profile["tier"]),
+            tier=tier,
             exit=exit_depth,
             rank=rank,
             scale=config.lora_alpha_ratio,
             device=str(profile["device"]),
             keys=branch_keys(config, exit_depth, rank),
+            local_steps=config.local_steps_of(tier),
         )
     return plans
 

@@ -15,7 +15,8 @@ def format_report(rows: list[dict[str, Any]], config: FederationConfig) -> str:
     header += ["seconds", "in training", "process start + load s"]
     lines = [
         f"famflow: {config.model}, rule {config.rule}, codec {config.codec}, "
-        f"{config.num_server_rounds} rounds x {config.local_steps} local steps",
+        f"{config.num_server_rounds} rounds x {config.local_steps} local steps"
+        + (f" ({config.tier_local_steps})" if config.tier_local_steps else ""),
         " | ".join(header),
     ]
     for row in rows:

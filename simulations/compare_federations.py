@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 import tomllib
 from pathlib import Path
@@ -106,10 +107,21 @@ def federate(run_config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def federation_steps(config: Any) -> int:
+    """The local steps a federation trains in all: per round, each tier's sampled nodes (a
+    ``fraction-train`` share, at least one) times the tier's local steps."""
+    per_round = sum(
+        math.ceil(config.fraction_train * count) * config.local_steps_of(tier)
+        for tier, count in config.tier_counts()
+        if count
+    )
+    return config.num_server_rounds * per_round
+
+
 def train_locally(run_config: dict[str, Any], steps: int | None = None) -> dict[str, Any]:
     """The deepest branch trained centrally on the clients' partitions.
 
-    ``steps`` defaults to the federation's total: rounds x local steps x nodes. The translators
+    ``steps`` defaults to the federation's total (``federation_steps``). The translators
     are calibrated first on as many blocks as the federation's deepest-branch holders use.
     """
     from clients.task import get_data, node_profile
@@ -124,7 +136,7 @@ def train_locally(run_config: dict[str, Any], steps: int | None = None) -> dict[
     nodes = sum(count for _, count in config.tier_counts())
     train_blocks = torch.cat([get_data(config, partition).train for partition in range(nodes)])
     validation = union_validation(config)
-    steps = steps or config.num_server_rounds * config.local_steps * nodes
+    steps = steps or federation_steps(config)
     deepest = spec.family.exits[-1]
     holders = sum(
         node_profile(config, {"partition-id": p})["exit"] == deepest for p in range(nodes)
@@ -162,7 +174,7 @@ def main() -> None:
     )
     parser.add_argument("--set", action="append", default=[], help="run-config key=value")
     parser.add_argument(
-        "--train-local-steps", type=int, default=None, help="default: rounds x local steps x nodes"
+        "--train-local-steps", type=int, default=None, help="default: the federation's total"
     )
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "runs" / "compare")
     args = parser.parse_args()

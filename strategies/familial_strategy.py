@@ -43,7 +43,8 @@ logger = logging.getLogger("famflow.strategies")
 
 @dataclass(frozen=True)
 class NodePlan:
-    """What one node holds: its branch (exit), LoRA rank and scale, and exchanged keys."""
+    """What one node holds: its branch (exit), LoRA rank and scale, and exchanged keys, and
+    how many local steps it trains per round."""
 
     node_id: int
     tier: str
@@ -52,6 +53,7 @@ class NodePlan:
     scale: float
     device: str
     keys: tuple[str, ...]
+    local_steps: int = 10
 
 
 @dataclass
@@ -211,6 +213,7 @@ class FamilialStrategy(Strategy):
                     "rank": plan.rank,
                     "device": plan.device,
                     "lr": self.lr_for_round(server_round),
+                    "local-steps": plan.local_steps,
                 }
             )
             content = RecordDict({"arrays": payload, "config": setup})
@@ -273,7 +276,7 @@ class FamilialStrategy(Strategy):
         # The node encoded its change from the decoded slice it got; adding that change to the
         # exact slice keeps the downlink's rounding out of the global adapters.
         arrays = decode_payload(wire, self.codec, sent)
-        update = ClientUpdate(arrays, int(metrics["num-examples"]), plan.rank, plan.scale)
+        update = ClientUpdate(arrays, int(metrics["num-examples"]), plan.rank, plan.scale, sent)
         check_rule(self.rule, self._global, update)
         return update, metrics
 

@@ -23,14 +23,15 @@ pytestmark = pytest.mark.slow
 
 def test_three_branch_sizes_train_in_one_federation(root):
     config = run_config(root, rule="flexlora", **{"export-merged": True})
+    config["tier-local-steps"] = "cloud:5"
     simulate(config)
     rows = read_rows(root / "run")
     assert [row["round"] for row in rows] == [0, 1, 2]
     nodes = rows[1]["nodes"].values()
-    assert sorted((n["tier"], n["exit"], n["rank"]) for n in nodes) == [
-        ("cloud", 4, 8),
-        ("device", 1, 2),
-        ("edge", 2, 4),
+    assert sorted((n["tier"], n["exit"], n["rank"], n["local_steps"]) for n in nodes) == [
+        ("cloud", 4, 8, 5),
+        ("device", 1, 2, 3),
+        ("edge", 2, 4, 3),
     ]
     assert not rows[1]["dropped"] and all(n["bytes_up"] > 0 for n in nodes)
     # The device branch sends only trunk layer 0 and exit 1, at rank 2: far fewer bytes.

@@ -25,6 +25,11 @@ def test_tiers_follow_the_mix_in_partition_order():
     assert [config.tier_of_partition(i) for i in range(4)] == ["device", "cloud", "cloud", "device"]
 
 
+def test_tiers_named_in_tier_local_steps_train_their_own_steps():
+    config = FederationConfig(local_steps=10, tier_local_steps="cloud:20, device:5")
+    assert [config.local_steps_of(t) for t in ("device", "edge", "cloud")] == [5, 10, 20]
+
+
 @pytest.mark.parametrize(
     ("run_config", "message"),
     [
@@ -35,6 +40,8 @@ def test_tiers_follow_the_mix_in_partition_order():
         ({"server-lr": 0.0}, "server-lr, lora-alpha-ratio and round-timeout must be positive"),
         ({"tier-mix": "device=2"}, "is not a list of tier:count pairs"),
         ({"local-steps": 0}, "local-steps must be at least 1"),
+        ({"tier-local-steps": "cloud=20"}, "is not a list of tier:steps pairs with steps >= 1"),
+        ({"tier-local-steps": "cloud:0"}, "is not a list of tier:steps pairs with steps >= 1"),
         ({"batch-size": "four"}, "run-config batch-size = 'four' is not a int"),
         ({"export-merged": "maybe"}, "is not a bool"),
         ({"fraction-train": 0.0}, r"fraction-train must be in \(0, 1\]"),

@@ -242,6 +242,51 @@ def test_flexlora_products_are_exact_and_truncation_is_exact_up_to_the_global_ra
         assert_allclose(scale * b @ a, expected, rtol=1e-4, atol=1e-4)
 
 
+def test_flexlora_from_changes_keeps_what_low_rank_starts_could_not_carry():
+    g = global_state()
+    w = {layer: g[f"{module(layer)}.B"] @ g[f"{module(layer)}.A"] for layer in range(4)}
+    ranks, scales = (2, 2, 4), (8.0, 8.0, 4.0)
+    starts = [
+        FlexLoRA().slice_for(g, shapes(depth, rank), rank, scale)
+        for depth, rank, scale in zip((2, 4, 4), ranks, scales, strict=True)
+    ]
+
+    def updates(change_b):
+        rng = np.random.default_rng(3)
+        found = []
+        for start, rank, scale, examples in zip(starts, ranks, scales, EXAMPLES, strict=True):
+            arrays = copy.deepcopy(start)
+            for key in arrays:
+                if key.endswith(".B"):
+                    arrays[key] += change_b * rng.standard_normal(arrays[key].shape)
+            found.append(ClientUpdate(arrays, examples, rank, scale, start=start))
+        return found
+
+    # Nobody changed anything: the global stays; the mean product keeps only truncations of it.
+    idle = updates(0.0)
+    new = FlexLoRA().aggregate(g, idle)
+    for layer in range(4):
+        got = new[f"{module(layer)}.B"] @ new[f"{module(layer)}.A"]
+        assert_allclose(got, w[layer], rtol=1e-4, atol=1e-4)
+    mean = FlexLoRA(from_changes=False).aggregate(g, idle)
+    lost = mean[f"{module(0)}.B"] @ mean[f"{module(0)}.A"] - w[0]
+    assert np.linalg.norm(lost) > 0.1 * np.linalg.norm(w[0])
+
+    # Changes of B stay in W's row space (rank <= R): W + sum_k p_k s_k (B_k - B0_k) A0_k.
+    moved = updates(0.1)
+    new = FlexLoRA().aggregate(g, moved)
+    weights = np.array(EXAMPLES, dtype=np.float64) / sum(EXAMPLES)  # all three hold layer 0
+    expected = w[0] + sum(
+        p
+        * u.scale
+        * (u.arrays[f"{module(0)}.B"] - u.start[f"{module(0)}.B"])
+        @ u.start[f"{module(0)}.A"]
+        for p, u in zip(weights, moved, strict=True)
+    )
+    got = new[f"{module(0)}.B"] @ new[f"{module(0)}.A"]
+    assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
 def test_flexlora_truncates_a_product_beyond_the_global_rank_optimally():
     g = global_state(rank=4)
     updates = client_updates(ranks=(4, 4, 4), scales=(1.0, 1.0, 1.0))

@@ -5,7 +5,8 @@ from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 from familial.codecs import decode, encode
 from strategies.familial_strategy import FamilialStrategy, NodePlan
 from strategies.records import from_record, to_record
-from strategies.rules import FedIT
+from strategies.rules import FedIT, FlexLoRA
+from strategies.rules.base import ClientUpdate
 
 RANK, IN, OUT = 4, 48, 40
 KEYS = ("trunk.0.mlp.up_proj.A", "trunk.0.mlp.up_proj.B")
@@ -61,6 +62,31 @@ def test_replies_carry_the_change_from_the_slice_sent_and_aggregate_onto_the_exa
             assert np.abs(whole - start[key] - changes[0][key]).max() > 10 * tolerance
 
 
+def test_flexlora_rounds_without_change_keep_the_global_product_at_every_rank():
+    plans = {
+        11: NodePlan(11, "device", 1, 2, 2.0, "cpu", KEYS),
+        12: NodePlan(12, "cloud", 1, RANK, 2.0, "cpu", KEYS),
+    }
+    wanted = FamilialStrategy(FlexLoRA(), plans)
+    start = FlexLoRA().aggregate(  # a global in FlexLoRA's SVD form, of full rank
+        {k: v.astype(np.float32) for k, v in global_arrays().items()},
+        [ClientUpdate({k: v.astype(np.float32) for k, v in global_arrays().items()}, 1, RANK, 1.0)],
+    )
+    sent = list(wanted.configure_train(1, to_record(start), ConfigRecord(), None))
+    no_change = {key: np.zeros_like(value) for key, value in start.items()}
+    replies = []
+    for message in sent:
+        rank = plans[message.metadata.dst_node_id].rank
+        zero = {k: v[:rank] if k.endswith(".A") else v[:, :rank] for k, v in no_change.items()}
+        replies.append(node_reply(message, zero, "fp32", 1))
+    aggregated, _ = wanted.aggregate_train(1, replies)
+    result = from_record(aggregated)
+    # The rank-2 node could not carry the global's other directions; they stay all the same.
+    np.testing.assert_allclose(
+        result[KEYS[1]] @ result[KEYS[0]], start[KEYS[1]] @ start[KEYS[0]], atol=1e-5
+    )
+
+
 def test_a_reply_from_a_node_sent_nothing_this_round_is_dropped():
     start = {k: v.astype(np.float32) for k, v in global_arrays().items()}
     wanted = strategy("fp32")
@@ -86,6 +112,19 @@ def test_sampling_takes_each_tiers_share_every_round_and_its_nodes_take_turns():
         assert sorted(tiers[n] for n in chosen) == ["cloud", "device", "edge"]
     assert sorted(rounds[0] + rounds[1]) == [1, 2, 3, 4, 5, 6]
     assert rounds[2] == rounds[0]
+
+
+def test_each_node_is_told_its_own_local_steps_and_learning_rate():
+    plans = {
+        11: NodePlan(11, "device", 1, RANK, 2.0, "cpu", KEYS, local_steps=5),
+        12: NodePlan(12, "cloud", 1, RANK, 2.0, "cpu", KEYS, local_steps=20),
+    }
+    wanted = FamilialStrategy(FedIT(), plans, lr_for_round=lambda r: 1e-3 / r)
+    start = {k: v.astype(np.float32) for k, v in global_arrays().items()}
+    sent = wanted.configure_train(2, to_record(start), ConfigRecord(), None)
+    setups = {m.metadata.dst_node_id: m.content["config"] for m in sent}
+    assert {node: setup["local-steps"] for node, setup in setups.items()} == {11: 5, 12: 20}
+    assert all(setup["lr"] == pytest.approx(5e-4) for setup in setups.values())
 
 
 def test_min_nodes_tops_up_a_sample_smaller_than_it():

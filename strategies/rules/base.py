@@ -25,12 +25,17 @@ LORA_FACTORS = ("A", "B")
 
 @dataclass(frozen=True)
 class ClientUpdate:
-    """One client's reply: its branch's keys only, its example count and LoRA rank/scale."""
+    """One client's reply: its branch's keys only, its example count and LoRA rank/scale.
+
+    ``start``: the slice the client was sent and trained from, where known (the strategy
+    knows it); a rule may aggregate the change from it instead of the reply itself.
+    """
 
     arrays: State
     num_examples: int
     rank: int
     scale: float
+    start: State | None = None
 
     def __post_init__(self) -> None:
         if self.num_examples < 1:

@@ -76,18 +76,32 @@ def truncated_factors(
 
 
 def _weighted_factors(
-    updates: list[ClientUpdate], module: str
+    updates: list[ClientUpdate], module: str, changes: bool = False
 ) -> tuple[np.ndarray, np.ndarray] | None:
-    """``(B_cat, A_cat)`` with ``B_cat @ A_cat = sum_k p_k s_k B_k A_k`` over the holders."""
+    """``(B_cat, A_cat)`` with ``B_cat @ A_cat = sum_k p_k s_k B_k A_k`` over the holders, or
+    with ``changes`` ``sum_k p_k s_k (B_k A_k - B0_k A0_k)`` (``B0_k, A0_k``: its start)."""
     holders, weights = holder_weights(updates, f"{module}.A")
     if not holders:
         return None
-    b_parts = [
-        weight * updates[i].scale * updates[i].arrays[f"{module}.B"].astype(np.float64)
-        for i, weight in zip(holders, weights, strict=True)
-    ]
-    a_parts = [updates[i].arrays[f"{module}.A"].astype(np.float64) for i in holders]
+    b_parts, a_parts = [], []
+    for i, weight in zip(holders, weights, strict=True):
+        update = updates[i]
+        pairs = [(update.arrays, 1.0)]
+        if changes:
+            assert update.start is not None
+            pairs.append((update.start, -1.0))
+        for arrays, sign in pairs:
+            b_parts.append(sign * weight * update.scale * arrays[f"{module}.B"].astype(np.float64))
+            a_parts.append(arrays[f"{module}.A"].astype(np.float64))
     return np.concatenate(b_parts, axis=1), np.concatenate(a_parts, axis=0)
+
+
+def _starts_known(updates: list[ClientUpdate], module: str) -> bool:
+    holding = [u for u in updates if f"{module}.A" in u.arrays]
+    return all(
+        u.start is not None and f"{module}.A" in u.start and f"{module}.B" in u.start
+        for u in holding
+    )
 
 
 def lora_products(updates: list[ClientUpdate]) -> dict[str, np.ndarray]:
@@ -102,10 +116,18 @@ def lora_products(updates: list[ClientUpdate]) -> dict[str, np.ndarray]:
 
 @dataclass(frozen=True)
 class FlexLoRA:
-    """Exact weighted product per module, truncated SVD back to the global and client ranks."""
+    """Exact weighted product per module, truncated SVD back to the global and client ranks.
+
+    ``from_changes`` (where every holder's start is known): the global product moves by the
+    holders' weighted mean change of their product, ``W + sum_k p_k (s_k B_k A_k - S_k)``
+    with ``S_k`` the rank-``r_k`` truncation of ``W`` that node k started from. Where every
+    holder starts from ``W`` itself this is the mean product; a low-rank holder no longer
+    erases the directions of ``W`` beyond its rank, which its start could not carry.
+    """
 
     name: str = "flexlora"
     on_products: bool = True
+    from_changes: bool = True
 
     def validate(self, global_arrays: State, update: ClientUpdate) -> None:
         check_update(global_arrays, update, self.name, same_rank=False, pairs=True)
@@ -117,13 +139,17 @@ class FlexLoRA:
         state = copy_state(global_arrays)
         state.update(weighted_mean_per_key(updates, dense_keys(global_arrays)))
         for module in lora_modules(global_arrays):
-            factors = _weighted_factors(updates, module)
+            changes = self.from_changes and _starts_known(updates, module)
+            factors = _weighted_factors(updates, module, changes)
             if factors is None:
                 continue
             b_g, a_g = global_arrays[f"{module}.B"], global_arrays[f"{module}.A"]
-            # Zero-weighted old directions: W is unchanged, and rank W < R still yields R
-            # orthonormal rows of A (so every rank of every tier keeps training).
-            b_cat = np.concatenate([factors[0], np.zeros(b_g.shape)], axis=1)
+            # From changes, W_new = W + mean change: what a low-rank holder's truncated start
+            # left out of W stays. Otherwise the old directions get zero weight: W is the mean
+            # product, and rank W < R still yields R orthonormal rows of A (so every rank of
+            # every tier keeps training).
+            old_weight = 1.0 if changes else 0.0
+            b_cat = np.concatenate([factors[0], old_weight * b_g.astype(np.float64)], axis=1)
             a_cat = np.concatenate([factors[1], a_g.astype(np.float64)], axis=0)
             u, s, vt = factored_svd(b_cat, a_cat)
             state[f"{module}.B"], state[f"{module}.A"] = truncated_factors(
