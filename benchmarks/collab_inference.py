@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -92,10 +91,10 @@ def held_out_prompts(count: int, tokens: int) -> list[torch.Tensor]:
     one block per node's partition in turn: text in the domain the federation trained on."""
     from clients.task import get_data
     from familial.federation_config import FederationConfig
+    from simulations.compare_federations import base_run_config
 
-    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
-    config = FederationConfig.from_run_config(pyproject["tool"]["flwr"]["app"]["config"])
-    nodes = sum(n for _, n in config.tier_counts())
+    config = FederationConfig.from_run_config(base_run_config())
+    nodes = config.node_count()
     blocks = [get_data(config, i % nodes).validation[i // nodes] for i in range(count)]
     return [block[:tokens] for block in blocks]
 

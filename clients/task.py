@@ -102,7 +102,7 @@ def get_data(
     """Partition ``partition_id`` of ``dataset`` (default the run's) cut into
     ``num_partitions`` (default one per node of the tier mix)."""
     if num_partitions is None:
-        num_partitions = max(1, sum(count for _, count in config.tier_counts()))
+        num_partitions = max(1, config.node_count())
     data = DataConfig(
         name=dataset or config.dataset,
         seq_len=config.seq_len,

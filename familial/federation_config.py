@@ -199,6 +199,10 @@ class FederationConfig:
             )
         return counts
 
+    def node_count(self) -> int:
+        """The simulated nodes of the tier mix."""
+        return sum(count for _, count in self.tier_counts())
+
     def local_steps_by_tier(self) -> dict[str, int]:
         """The tiers ``tier-local-steps`` names, with their local steps per round."""
         try:

@@ -60,7 +60,7 @@ def round_row(
 ) -> dict[str, Any]:
     answered = [reply for reply in train_replies if not reply.has_error()]
     train_seconds = [reply_seconds(reply, "client-seconds") for reply in answered]
-    epsilons = dp_epsilons(train_replies)
+    epsilons = reported(train_replies, "dp-epsilon")
     row: dict[str, Any] = {
         "round": server_round,
         "exits": exits_of(evaluation),
@@ -85,11 +85,9 @@ def round_row(
         "startup_seconds_sum": sum(reply_seconds(r, "startup-seconds") for r in answered),
         "load_seconds_sum": sum(reply_seconds(r, "load-seconds") for r in answered),
     }
-    for reply in answered:  # the local steps each node trained (tier-local-steps)
-        metrics = reply.content.get("metrics")
-        steps = metrics.get("local-steps") if isinstance(metrics, MetricRecord) else None
-        if reply.metadata.src_node_id in plans and isinstance(steps, int):
-            row["nodes"][str(reply.metadata.src_node_id)]["local_steps"] = steps
+    for node, steps in reported(answered, "local-steps").items():  # tier-local-steps
+        if node in plans:
+            row["nodes"][str(node)]["local_steps"] = int(steps)
     for node, value in epsilons.items():  # cumulative sample-level DP epsilon (familial.privacy)
         if node in plans:
             row["nodes"][str(node)]["dp_epsilon"] = value
@@ -98,15 +96,16 @@ def round_row(
     return row
 
 
-def dp_epsilons(replies: list[Message]) -> dict[int, float]:
-    """The ``dp-epsilon`` each DP-training node reports, by node."""
-    epsilons = {}
+def reported(replies: list[Message], key: str) -> dict[int, float]:
+    """The finite number each node reports as metric ``key`` (``dp-epsilon``, ``local-steps``),
+    by node; nodes that report none are left out."""
+    values = {}
     for reply in replies:
         metrics = None if reply.has_error() else reply.content.get("metrics")
-        value = metrics.get("dp-epsilon") if isinstance(metrics, MetricRecord) else None
+        value = metrics.get(key) if isinstance(metrics, MetricRecord) else None
         if isinstance(value, int | float) and math.isfinite(value):
-            epsilons[reply.metadata.src_node_id] = float(value)
-    return epsilons
+            values[reply.metadata.src_node_id] = float(value)
+    return values
 
 
 def reply_seconds(reply: Message, key: str) -> float:

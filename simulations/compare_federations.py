@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 import tomllib
 from pathlib import Path
@@ -53,7 +52,7 @@ def union_validation(config: Any) -> torch.Tensor:
     """The first ``eval_blocks`` held-out blocks of every node's partition, one tensor."""
     from clients.task import get_data
 
-    nodes = sum(count for _, count in config.tier_counts())
+    nodes = config.node_count()
     return torch.cat([get_data(config, p).validation[: config.eval_blocks] for p in range(nodes)])
 
 
@@ -83,7 +82,7 @@ def federate(run_config: dict[str, Any]) -> dict[str, Any]:
     from server.records import read_rows
     from server.server_app import make_server_app
 
-    nodes = sum(count for _, count in FederationConfig.from_run_config(run_config).tier_counts())
+    nodes = FederationConfig.from_run_config(run_config).node_count()
     start = time.perf_counter()
     run_simulation(
         make_server_app(run_config),
@@ -110,10 +109,11 @@ def federate(run_config: dict[str, Any]) -> dict[str, Any]:
 def federation_steps(config: Any) -> int:
     """The local steps a federation trains in all: per round, each tier's sampled nodes (a
     ``fraction-train`` share, at least one) times the tier's local steps."""
+    from strategies.familial_strategy import tier_sample_size
+
     per_round = sum(
-        math.ceil(config.fraction_train * count) * config.local_steps_of(tier)
+        tier_sample_size(config.fraction_train, count) * config.local_steps_of(tier)
         for tier, count in config.tier_counts()
-        if count
     )
     return config.num_server_rounds * per_round
 
@@ -133,7 +133,7 @@ def train_locally(run_config: dict[str, Any], steps: int | None = None) -> dict[
 
     config = FederationConfig.from_run_config(run_config)
     spec = resolve_model(config.model)
-    nodes = sum(count for _, count in config.tier_counts())
+    nodes = config.node_count()
     train_blocks = torch.cat([get_data(config, partition).train for partition in range(nodes)])
     validation = union_validation(config)
     steps = steps or federation_steps(config)

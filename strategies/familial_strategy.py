@@ -41,6 +41,11 @@ from strategies.validation import (
 logger = logging.getLogger("famflow.strategies")
 
 
+def tier_sample_size(fraction_train: float, tier_nodes: int) -> int:
+    """How many of a tier's nodes train each round: a ``fraction_train`` share, at least one."""
+    return math.ceil(fraction_train * tier_nodes)
+
+
 @dataclass(frozen=True)
 class NodePlan:
     """What one node holds: its branch (exit), LoRA rank and scale, and exchanged keys, and
@@ -173,7 +178,7 @@ class FamilialStrategy(Strategy):
         chosen: list[int] = []
         for tier, members in sorted(by_tier.items()):
             random.Random(f"{self.seed}-{tier}").shuffle(members)
-            count = math.ceil(self.fraction_train * len(members))
+            count = tier_sample_size(self.fraction_train, len(members))
             start = (server_round - 1) * count
             chosen += [members[(start + i) % len(members)] for i in range(count)]
         rest = [node for node in nodes if node not in chosen]
