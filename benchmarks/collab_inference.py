@@ -8,12 +8,14 @@ the acceptance rate a target speedup over cloud-only would need at the measured 
 round trip. Prompts are chat questions, or with ``--held-out N`` the openings of held-out
 blocks of the demo's data (the domain the federation trained on). The same run times
 transformers' own assisted generation with ``assistant_early_exit`` = the device exit on the
-plain Hugging Face model (no adapters) against its own greedy generation.
+plain Hugging Face model (no adapters) against its own greedy generation. ``--agreement N``
+adds each lower exit's teacher-forced agreement with the top exit on N held-out blocks: the
+share of positions where its greedy token is the top exit's (drafts are accepted only there).
 
     .venv/bin/python benchmarks/collab_inference.py [--model smollm2-135m]
         [--adapters runs/federation/export] [--route device,edge,cloud] [--draft-tokens 2 4]
         [--threshold 0.9] [--codec fp16] [--max-new-tokens 32] [--target 1.25]
-        [--held-out N] [--json out.json]
+        [--held-out N] [--agreement N] [--json out.json]
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from familial.collab.agreement import exit_agreement
 from familial.collab.compare import RouteComparison, RouteSettings, compare_route
 from familial.collab.latency import Link, acceptance_for_speedup
 from familial.collab.route import load_route_models, parse_route
@@ -86,17 +89,21 @@ def time_hf(model, input_ids, max_new_tokens: int, eos: int | None, early_exit: 
     return tokens, time.perf_counter() - begin
 
 
-def held_out_prompts(count: int, tokens: int) -> list[torch.Tensor]:
-    """The first ``tokens`` of held-out blocks of the demo's data (pyproject's run config),
-    one block per node's partition in turn: text in the domain the federation trained on."""
+def held_out_blocks(count: int) -> list[torch.Tensor]:
+    """Held-out blocks of the demo's data (pyproject's run config), one block per node's
+    partition in turn: text in the domain the federation trained on."""
     from clients.task import get_data
     from familial.federation_config import FederationConfig
     from simulations.compare_federations import base_run_config
 
     config = FederationConfig.from_run_config(base_run_config())
     nodes = config.node_count()
-    blocks = [get_data(config, i % nodes).validation[i // nodes] for i in range(count)]
-    return [block[:tokens] for block in blocks]
+    return [get_data(config, i % nodes).validation[i // nodes] for i in range(count)]
+
+
+def held_out_prompts(count: int, tokens: int) -> list[torch.Tensor]:
+    """The first ``tokens`` of ``held_out_blocks(count)``."""
+    return [block[:tokens] for block in held_out_blocks(count)]
 
 
 def settings_grid(
@@ -184,6 +191,7 @@ def benchmark(
     transport: str = "local",
     with_hf: bool = True,
     target: float = TARGET_SPEEDUP,
+    agreement_texts: Sequence[torch.Tensor] = (),
 ) -> dict:
     exits = parse_route(route, spec.family.exits)
     tokenizer = load_tokenizer(spec)
@@ -214,8 +222,15 @@ def benchmark(
         "max_new_tokens": max_new_tokens,
         "prompts": [p if isinstance(p, str) else tokenizer.decode(p.flatten()) for p in prompts],
         "rows": rows,
+        "exit_agreement": None,
         "hf_assisted": None,
     }
+    if agreement_texts:
+        result["exit_agreement"] = {
+            "texts": len(agreement_texts),
+            "positions": sum(text.numel() for text in agreement_texts),
+            "per_exit": exit_agreement(models, exits, agreement_texts),
+        }
     hf = hf_model(spec) if with_hf else None
     if hf is not None:
         plain_s = assisted_s = 0.0
@@ -283,6 +298,16 @@ def format_table(result: dict) -> str:
         if "decided_per_tier" in row:
             text += f"   decided per tier {row['decided_per_tier']}"
         lines.append(text)
+    agreement = result.get("exit_agreement")
+    if agreement:
+        shares = ", ".join(
+            f"exit {depth} {share:.2f}" for depth, share in agreement["per_exit"].items()
+        )
+        lines.append(
+            f"teacher-forced agreement with exit {result['exits'][-1]}'s greedy token "
+            f"on {agreement['texts']} held-out texts ({agreement['positions']} positions; "
+            f"drafts are accepted only where they agree): {shares}"
+        )
     hf = result["hf_assisted"]
     if hf is None:
         lines.append("transformers assisted generation: not run (Ruyi or --no-hf)")
@@ -321,6 +346,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="prompt with the first 32 tokens of N held-out blocks of the demo's data instead",
     )
     parser.add_argument(
+        "--agreement",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also measure each exit's teacher-forced agreement with the top exit on N "
+        "held-out blocks of the demo's data",
+    )
+    parser.add_argument(
         "--target", type=float, default=TARGET_SPEEDUP, help="speedup whose acceptance to show"
     )
     parser.add_argument("--no-hf", action="store_true", help="skip transformers' reference")
@@ -339,6 +372,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.transport,
         not args.no_hf,
         args.target,
+        held_out_blocks(args.agreement) if args.agreement else (),
     )
     print(format_table(result))
     if args.json:

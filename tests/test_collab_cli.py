@@ -74,6 +74,7 @@ def test_benchmark_core_on_the_tiny_preset():
         thresholds=(0.5,),
         codec="fp32",
         max_new_tokens=6,
+        agreement_texts=(torch.tensor([5, 6, 7, 8, 9]),),
     )
     speculative, early = result["rows"]
     assert speculative["identical"] == 2 and speculative["prompts"] == 2
@@ -94,6 +95,9 @@ def test_benchmark_core_on_the_tiny_preset():
     table = bench.format_table(result)
     assert "speculative k=2" in table and "early exit p>=0.5" in table
     assert "transformers assisted generation (assistant_early_exit=2" in table
+    agreement = result["exit_agreement"]
+    assert agreement["positions"] == 5 and set(agreement["per_exit"]) == {2}
+    assert "teacher-forced agreement with exit 4's greedy token on 1 held-out texts" in table
 
 
 def test_cli_choices_match_the_library():

@@ -11,6 +11,7 @@ from familial.collab import (
     parse_route,
     speculative_generate,
 )
+from familial.collab.agreement import exit_agreement
 from familial.collab.decoding import CollabResult, Round
 from familial.collab.latency import (
     Link,
@@ -89,6 +90,17 @@ def test_export_route_runs_the_top_branch_trunk_with_each_exit_own_head(tmp_path
 def _cloud_trunk_exit_2(models, ids):
     node = build_nodes(models, [2, 4])[0]
     return node.run(ids, 0, logits_from=0).logits
+
+
+def test_exit_agreement_reads_each_exit_on_the_route_trunk(tmp_path):
+    spec = random_spec([2, 4], ExitAdapterConfig(norm=True, translator="full"))
+    models = load_route_models(spec, [2, 4], _export(tmp_path / "export", spec, [2, 4]))
+    generator = torch.Generator().manual_seed(1)
+    texts = [torch.randint(0, 128, (n,), generator=generator) for n in (7, 5)]
+    top = torch.cat([models.trunk(t[None]).logits[4][0].argmax(-1) for t in texts])
+    device = torch.cat([_cloud_trunk_exit_2(models, t[None])[0].argmax(-1) for t in texts])
+    agreement = exit_agreement(models, [2, 4], texts)
+    assert agreement == {2: pytest.approx(float((device == top).float().mean()))}
 
 
 def test_export_without_a_route_exit_is_one_sentence(tmp_path):

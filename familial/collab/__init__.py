@@ -10,6 +10,7 @@ up; an edge or cloud tier continues from it. Modules, one job each:
 - ``transport`` / ``service``: in-process or HTTP (stdlib server and urllib client).
 - ``latency``: link model and end-to-end latency against cloud-only and device-only.
 - ``route``: route parsing, models and nodes of a route, local and HTTP chains.
+- ``agreement``: how often a lower exit picks the top exit's token on given text.
 """
 
 from familial.collab.codec import HIDDEN_CODECS, ProtocolError
