@@ -27,6 +27,7 @@ from strategies.central_dp import CentralDPSettings, central_dp_updates
 from strategies.records import from_record, to_record
 from strategies.robust import RobustSettings, robust_updates
 from strategies.rules import AggregationRule, ClientUpdate
+from strategies.rules.base import State
 from strategies.server_step import server_step
 from strategies.validation import (
     ReplyError,
@@ -201,14 +202,20 @@ class FamilialStrategy(Strategy):
         if kind == MessageType.TRAIN:
             self._sent = {}
         messages = []
+        # Nodes of one tier hold the same keys at the same rank: slice and encode once for all.
+        slices: dict[tuple[tuple[str, ...], int, float], tuple[State, State]] = {}
         for node in nodes:
             traffic.asked.add(node)
             plan = self.plans[node]
             node_keys = keys[node] if keys is not None else plan.keys
-            arrays_for_node = self.rule.slice_for(self._global, node_keys, plan.rank, plan.scale)
+            shape = (tuple(node_keys), plan.rank, plan.scale)
+            if shape not in slices:
+                sliced = self.rule.slice_for(self._global, node_keys, plan.rank, plan.scale)
+                slices[shape] = (sliced, encode(sliced, self.codec, self.codec_reference))
+            arrays_for_node, encoded = slices[shape]
             if kind == MessageType.TRAIN:
                 self._sent[node] = arrays_for_node
-            payload = to_record(encode(arrays_for_node, self.codec, self.codec_reference))
+            payload = to_record(encoded)
             traffic.down[node] = payload.count_bytes()
             setup = ConfigRecord(
                 {

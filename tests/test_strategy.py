@@ -127,6 +127,37 @@ def test_each_node_is_told_its_own_local_steps_and_learning_rate():
     assert all(setup["lr"] == pytest.approx(5e-4) for setup in setups.values())
 
 
+class CountingRule:
+    """A rule that counts the slices it is asked for."""
+
+    def __init__(self, rule) -> None:
+        self.rule, self.calls = rule, []
+
+    def __getattr__(self, name):
+        return getattr(self.rule, name)
+
+    def slice_for(self, global_arrays, keys, rank, scale):
+        self.calls.append(rank)
+        return self.rule.slice_for(global_arrays, keys, rank, scale)
+
+
+def test_nodes_of_one_tier_share_one_slice_and_every_node_gets_its_own_message():
+    ranks = {1: 2, 2: 2, 3: 2, 4: RANK}
+    plans = {n: NodePlan(n, "edge", 1, rank, 2.0, "cpu", KEYS) for n, rank in ranks.items()}
+    rule = CountingRule(FlexLoRA())
+    wanted = FamilialStrategy(rule, plans)
+    start = {k: v.astype(np.float32) for k, v in global_arrays().items()}
+    sent = list(wanted.configure_train(1, to_record(start), ConfigRecord(), None))
+    assert sorted(rule.calls) == [2, RANK]
+    assert [m.metadata.dst_node_id for m in sent] == [1, 2, 3, 4]
+    received = {m.metadata.dst_node_id: from_record(m.content["arrays"]) for m in sent}
+    for node in (2, 3):
+        for key in KEYS:
+            np.testing.assert_array_equal(received[node][key], received[1][key])
+    assert received[4][KEYS[0]].shape == (RANK, IN) and received[1][KEYS[0]].shape == (2, IN)
+    assert sent[0].content["arrays"] is not sent[1].content["arrays"]
+
+
 def test_min_nodes_tops_up_a_sample_smaller_than_it():
     plans = {n: NodePlan(n, "edge", 1, RANK, 2.0, "cpu", KEYS) for n in range(1, 7)}
     sampler = FamilialStrategy(FedIT(), plans, fraction_train=0.1, min_nodes=3)
