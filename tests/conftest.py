@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -18,6 +20,7 @@ from transformers import (
 )
 
 from familial.config import ExitAdapterConfig, FamilyConfig
+from familial.paths import REPO_ROOT
 from familial.presets import ModelSpec
 
 TINY_SHAPE = {
@@ -116,3 +119,13 @@ def server_identity(monkeypatch: pytest.MonkeyPatch) -> None:
     """Messages are stamped with the identity of the process's task (a ServerApp's)."""
     for name, value in (("_run_id", 1), ("_node_id", 0), ("_task_id", 1)):
         monkeypatch.setattr(TaskIdentity, name, value)
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """``benchmarks/NAME.py`` (no package, and site-packages may hold one by that name)."""
+    path = REPO_ROOT / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"{name}_benchmark", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,23 +1,13 @@
 """``famflow generate --route`` and the collaborative inference benchmark on the tiny preset."""
 
-import importlib.util
 import re
 
 import pytest
 import torch
 
 from familial.cli import main
-from familial.paths import REPO_ROOT
 from familial.presets import resolve_model
-
-
-def load_benchmark():
-    """benchmarks/ is no package (and site-packages may hold one by that name): load by path."""
-    path = REPO_ROOT / "benchmarks" / "collab_inference.py"
-    spec = importlib.util.spec_from_file_location("collab_inference_benchmark", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.conftest import load_benchmark
 
 
 def test_generate_along_a_route_prints_text_rounds_bytes_and_latency(capsys):
@@ -65,7 +55,7 @@ def test_generate_mistakes_are_one_sentence(capsys, argv, message):
 
 
 def test_benchmark_core_on_the_tiny_preset():
-    bench = load_benchmark()
+    bench = load_benchmark("collab_inference")
     result = bench.benchmark(
         resolve_model("tiny"),
         route="device,cloud",

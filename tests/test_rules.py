@@ -287,6 +287,45 @@ def test_flexlora_from_changes_keeps_what_low_rank_starts_could_not_carry():
     assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
 
 
+def test_flexlora_reads_its_own_global_without_an_svd_and_folds_truncated_starts_into_it():
+    from strategies.rules.flexlora import _kept_by_starts, factored_svd, stored_svd
+
+    fresh = global_state()
+    assert stored_svd(fresh[f"{module(0)}.B"], fresh[f"{module(0)}.A"]) is None
+    g = FlexLoRA().aggregate(fresh, client_updates(ranks=(2, 2, 4), scales=(8.0, 8.0, 4.0)))
+    b_g, a_g = g[f"{module(0)}.B"], g[f"{module(0)}.A"]
+    u, s, vt = stored_svd(b_g, a_g)
+    u_ref, s_ref, vt_ref = factored_svd(b_g, a_g)
+    assert_allclose(s, s_ref, rtol=1e-5, atol=1e-6)
+    assert_allclose(u[:, :4] * s[:4], u_ref[:, :4] * s_ref[:4], atol=1e-5)
+    assert_allclose(vt[:4], vt_ref[:4], atol=1e-5)
+
+    ranks, scales = (2, 2, 4), (8.0, 8.0, 4.0)
+    starts = [
+        FlexLoRA().slice_for(g, shapes(depth, rank), rank, scale)
+        for depth, rank, scale in zip((2, 4, 4), ranks, scales, strict=True)
+    ]
+    rng = np.random.default_rng(5)
+    moved = []
+    for start, rank, scale, examples in zip(starts, ranks, scales, EXAMPLES, strict=True):
+        arrays = {k: v + 0.1 * rng.standard_normal(v.shape) for k, v in start.items()}
+        moved.append(ClientUpdate(arrays, examples, rank, scale, start=start))
+    p = np.array(EXAMPLES, dtype=np.float64) / sum(EXAMPLES)  # all three hold layer 0
+    kept = _kept_by_starts(moved, module(0), b_g, a_g)
+    assert_allclose(kept, [0, 0, 1 - p[2], 1 - p[2], 1, 1, 1, 1], atol=1e-12)
+
+    new = FlexLoRA().aggregate(g, moved)
+    expected = b_g.astype(np.float64) @ a_g + sum(
+        q
+        * u.scale
+        * (u.arrays[f"{module(0)}.B"] @ u.arrays[f"{module(0)}.A"]
+           - u.start[f"{module(0)}.B"] @ u.start[f"{module(0)}.A"])
+        for q, u in zip(p, moved, strict=True)
+    )  # fmt: skip
+    got = new[f"{module(0)}.B"] @ new[f"{module(0)}.A"]
+    assert_allclose(got, best_rank(expected, GLOBAL_RANK), rtol=1e-4, atol=1e-4)
+
+
 def test_flexlora_truncates_a_product_beyond_the_global_rank_optimally():
     g = global_state(rank=4)
     updates = client_updates(ranks=(4, 4, 4), scales=(1.0, 1.0, 1.0))
@@ -436,3 +475,19 @@ def test_flexlora_svd_falls_back_to_the_transpose_when_lapack_does_not_converge(
     assert_allclose(s, expected[1])
     assert_allclose((u * s) @ vt, b @ a, atol=1e-10)
     assert_allclose(np.abs(vt), np.abs(expected[2]), atol=1e-10)
+
+
+@pytest.mark.parametrize(("rule", "ranks"), [("flexlora", [2, 4, 8]), ("fedit", [8, 8, 8])])
+def test_server_aggregation_benchmark_runs_every_tier_at_its_rank(root, rule, ranks):
+    from familial.federation_config import FederationConfig
+    from tests.conftest import load_benchmark
+    from tests.federation_setup import run_config
+
+    bench = load_benchmark("server_aggregation")
+    config = FederationConfig.from_run_config(run_config(root, rule=rule))
+    tiers = bench.tier_shapes(config)
+    assert [rank for _, _, rank, _ in tiers] == ranks
+    keys = {tier: set(keys) for tier, _, _, keys in tiers}
+    assert keys["device"] < keys["edge"] < keys["cloud"]
+    timings = bench.time_rule(config, rounds=2)
+    assert len(timings) == 2 and all(t["slice_s"] > 0 and t["aggregate_s"] > 0 for t in timings)

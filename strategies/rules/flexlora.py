@@ -61,6 +61,36 @@ def factored_svd(b: np.ndarray, a: np.ndarray) -> tuple[np.ndarray, np.ndarray, 
     return u * signs, s, vt * signs[:, None]
 
 
+def stored_svd(
+    b: np.ndarray, a: np.ndarray, tolerance: float = 1e-5
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """``U, S, Vt`` of ``b @ a`` read off factors already in the stored SVD form (``a`` with
+    orthonormal rows, ``b`` with orthogonal columns of non-increasing norm), else None.
+
+    Every global FlexLoRA aggregated is in that form, so slicing and aggregating it need no
+    QR or SVD; the fresh adapters of the first round are not, and go through
+    ``factored_svd``.
+    """
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    if not np.allclose(a64 @ a64.T, np.eye(a.shape[0]), rtol=0.0, atol=tolerance):
+        return None
+    gram = b64.T @ b64
+    squares = np.diag(gram).copy()
+    largest = max(float(squares.max(initial=0.0)), np.finfo(np.float64).tiny)
+    if np.abs(gram - np.diag(squares)).max(initial=0.0) > tolerance * largest:
+        return None
+    s = np.sqrt(squares)
+    if np.any(np.diff(s) > tolerance * s.max(initial=0.0)):
+        return None
+    return b64 / np.where(s > 0, s, 1.0), s, a64
+
+
+def global_svd(b: np.ndarray, a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``stored_svd`` where the factors are in stored form, else ``factored_svd``."""
+    stored = stored_svd(b, a)
+    return stored if stored is not None else factored_svd(b, a)
+
+
 def truncated_factors(
     u: np.ndarray, s: np.ndarray, vt: np.ndarray, rank: int, scale: float
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -104,6 +134,39 @@ def _starts_known(updates: list[ClientUpdate], module: str) -> bool:
     )
 
 
+def _matches(found: np.ndarray, expected: np.ndarray) -> bool:
+    """Equal up to float32 rounding, relative to ``expected``'s largest entry."""
+    if found.shape != expected.shape:
+        return False
+    scale = max(float(np.abs(expected).max(initial=0.0)), np.finfo(np.float32).tiny)
+    return bool(np.allclose(found, expected, rtol=0.0, atol=1e-6 * scale))
+
+
+def _kept_by_starts(
+    updates: list[ClientUpdate], module: str, b_g: np.ndarray, a_g: np.ndarray
+) -> np.ndarray | None:
+    """``kept`` with ``W - sum_k p_k S_k = B_g diag(kept) A_g`` where every holder's start
+    ``S_k`` is the rank-``r_k`` truncation of the stored global (``kept_i = 1 - sum_k p_k``
+    over the holders whose rank exceeds i), so the starts need no factors of their own; None
+    where some start is not such a truncation (the first round's fresh adapters)."""
+    if stored_svd(b_g, a_g) is None:
+        return None
+    holders, weights = holder_weights(updates, f"{module}.A")
+    kept = np.ones(b_g.shape[1], dtype=np.float64)
+    for i, weight in zip(holders, weights, strict=True):
+        start = updates[i].start
+        assert start is not None
+        start_a = start[f"{module}.A"].astype(np.float64)
+        rank = start_a.shape[0]
+        start_b = updates[i].scale * start[f"{module}.B"].astype(np.float64)
+        if rank > b_g.shape[1] or not (
+            _matches(start_a, a_g[:rank]) and _matches(start_b, b_g[:, :rank])
+        ):
+            return None
+        kept[:rank] -= weight
+    return kept
+
+
 def lora_products(updates: list[ClientUpdate]) -> dict[str, np.ndarray]:
     """Per module, the exact ``sum_k p_k s_k B_k A_k`` over its holders (dense, float32)."""
     products: dict[str, np.ndarray] = {}
@@ -140,15 +203,17 @@ class FlexLoRA:
         state.update(weighted_mean_per_key(updates, dense_keys(global_arrays)))
         for module in lora_modules(global_arrays):
             changes = self.from_changes and _starts_known(updates, module)
-            factors = _weighted_factors(updates, module, changes)
+            b_g, a_g = global_arrays[f"{module}.B"], global_arrays[f"{module}.A"]
+            kept = _kept_by_starts(updates, module, b_g, a_g) if changes else None
+            factors = _weighted_factors(updates, module, changes and kept is None)
             if factors is None:
                 continue
-            b_g, a_g = global_arrays[f"{module}.B"], global_arrays[f"{module}.A"]
             # From changes, W_new = W + mean change: what a low-rank holder's truncated start
-            # left out of W stays. Otherwise the old directions get zero weight: W is the mean
-            # product, and rank W < R still yields R orthonormal rows of A (so every rank of
-            # every tier keeps training).
-            old_weight = 1.0 if changes else 0.0
+            # left out of W stays (the starts folded into W's own factors where ``kept``).
+            # Otherwise the old directions get zero weight: W is the mean product, and
+            # rank W < R still yields R orthonormal rows of A (so every rank of every tier
+            # keeps training).
+            old_weight = kept if kept is not None else (1.0 if changes else 0.0)
             b_cat = np.concatenate([factors[0], old_weight * b_g.astype(np.float64)], axis=1)
             a_cat = np.concatenate([factors[1], a_g.astype(np.float64)], axis=0)
             u, s, vt = factored_svd(b_cat, a_cat)
@@ -165,7 +230,7 @@ class FlexLoRA:
         sliced = copy_state({key: global_arrays[key] for key in keys if not is_lora_key(key)})
         for module in lora_modules(keys):
             check_slice_rank(global_arrays, module, rank)
-            u, s, vt = factored_svd(global_arrays[f"{module}.B"], global_arrays[f"{module}.A"])
+            u, s, vt = global_svd(global_arrays[f"{module}.B"], global_arrays[f"{module}.A"])
             b, a = truncated_factors(u, s, vt, rank, scale)
             sliced.update({f"{module}.B": b, f"{module}.A": a})
         return {key: sliced[key] for key in keys}
