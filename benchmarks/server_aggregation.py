@@ -20,39 +20,33 @@ import numpy as np
 
 from clients.task import node_profile
 from familial.federation_config import FederationConfig
-from server.plans import HETEROGENEOUS_RULES, branch_keys, initial_global_state
+from server.plans import initial_global_state, node_plans
 from simulations.compare_federations import base_run_config
+from strategies.familial_strategy import NodePlan
 from strategies.rules import ClientUpdate, get_rule
 
 BASELINE = "fedit"
 
 
-def tier_shapes(config: FederationConfig) -> list[tuple[str, int, int, tuple[str, ...]]]:
-    """(tier, node count, rank, keys) per tier of the config's tier mix."""
-    tiers = []
-    for tier, count in config.tier_counts():
-        profile = node_profile(config, {"tier": tier})
-        tiers.append((tier, count, int(profile["rank"]), int(profile["exit"])))
-    top = max(rank for _, _, rank, _ in tiers)
-    heterogeneous = config.rule in HETEROGENEOUS_RULES
-    return [
-        (tier, count, rank if heterogeneous else top, branch_keys(config, depth, rank))
-        for tier, count, rank, depth in tiers
-    ]
+def tier_plans(config: FederationConfig) -> list[tuple[NodePlan, int]]:
+    """One plan per tier of the config's tier mix (as the server plans its nodes: fedit puts
+    every node at the largest rank) and the tier's node count."""
+    counts = dict(config.tier_counts())
+    profiles = {index: node_profile(config, {"tier": tier}) for index, tier in enumerate(counts)}
+    plans = node_plans(config, profiles)
+    return [(plans[index], counts[tier]) for index, tier in enumerate(counts)]
 
 
 def time_rule(config: FederationConfig, rounds: int, seed: int = 0) -> list[dict[str, float]]:
     rule = get_rule(config.rule)
-    tiers = tier_shapes(config)
-    global_rank = max(rank for _, _, rank, _ in tiers)
-    state = initial_global_state(config, global_rank)
+    tiers = tier_plans(config)
+    state = initial_global_state(config, max(plan.rank for plan, _ in tiers))
     rng = np.random.default_rng(seed)
     timings = []
     for _ in range(rounds):
         begin = time.perf_counter()
         slices = {
-            tier: rule.slice_for(state, keys, rank, config.lora_alpha_ratio)
-            for tier, _, rank, keys in tiers
+            plan.tier: rule.slice_for(state, plan.keys, plan.rank, plan.scale) for plan, _ in tiers
         }
         sliced = time.perf_counter()
         updates = [
@@ -62,12 +56,12 @@ def time_rule(config: FederationConfig, rounds: int, seed: int = 0) -> list[dict
                     for k, v in start.items()
                 },
                 100,
-                rank,
-                config.lora_alpha_ratio,
+                plan.rank,
+                plan.scale,
                 start=start,
             )
-            for tier, count, rank, _ in tiers
-            for start in [slices[tier]] * count
+            for plan, count in tiers
+            for start in [slices[plan.tier]] * count
         ]
         prepared = time.perf_counter()
         state = rule.aggregate(state, updates)

@@ -485,9 +485,9 @@ def test_server_aggregation_benchmark_runs_every_tier_at_its_rank(root, rule, ra
 
     bench = load_benchmark("server_aggregation")
     config = FederationConfig.from_run_config(run_config(root, rule=rule))
-    tiers = bench.tier_shapes(config)
-    assert [rank for _, _, rank, _ in tiers] == ranks
-    keys = {tier: set(keys) for tier, _, _, keys in tiers}
+    tiers = bench.tier_plans(config)
+    assert [plan.rank for plan, _ in tiers] == ranks and [n for _, n in tiers] == [1, 1, 1]
+    keys = {plan.tier: set(plan.keys) for plan, _ in tiers}
     assert keys["device"] < keys["edge"] < keys["cloud"]
     timings = bench.time_rule(config, rounds=2)
     assert len(timings) == 2 and all(t["slice_s"] > 0 and t["aggregate_s"] > 0 for t in timings)

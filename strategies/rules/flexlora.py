@@ -159,9 +159,8 @@ def _kept_by_starts(
         start_a = start[f"{module}.A"].astype(np.float64)
         rank = start_a.shape[0]
         start_b = updates[i].scale * start[f"{module}.B"].astype(np.float64)
-        if rank > b_g.shape[1] or not (
-            _matches(start_a, a_g[:rank]) and _matches(start_b, b_g[:, :rank])
-        ):
+        # A start above the global rank cannot match: its slice of B_g or A_g is narrower.
+        if not (_matches(start_a, a_g[:rank]) and _matches(start_b, b_g[:, :rank])):
             return None
         kept[:rank] -= weight
     return kept
