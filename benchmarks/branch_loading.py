@@ -28,8 +28,8 @@ def measure(case: str) -> dict[str, float]:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from familial.loading import checkpoint_dir, load_branch
-    from familial.presets import resolve_model
+    from famflow.familial.loading import checkpoint_dir, load_branch
+    from famflow.familial.presets import resolve_model
 
     spec = resolve_model("smollm2-135m")
     checkpoint_dir(spec)  # make sure the cache exists before timing

@@ -28,12 +28,13 @@ from pathlib import Path
 
 import torch
 
-from familial.collab.agreement import exit_agreement
-from familial.collab.compare import RouteComparison, RouteSettings, compare_route
-from familial.collab.latency import Link, acceptance_for_speedup
-from familial.collab.route import load_route_models, parse_route
-from familial.presets import ModelSpec, resolve_model
-from familial.tokenizer import load_tokenizer
+from famflow.collab.agreement import exit_agreement
+from famflow.collab.compare import RouteComparison, compare_route
+from famflow.collab.latency import Link, acceptance_for_speedup
+from famflow.collab.route import load_route_models, parse_route
+from famflow.collab.settings import RouteSettings
+from famflow.familial.presets import ModelSpec, resolve_model
+from famflow.familial.tokenizer import load_tokenizer
 
 PROMPTS = (
     "What is the capital of France?",
@@ -66,7 +67,7 @@ def hf_model(spec: ModelSpec):
             return AutoModelForCausalLM.from_config(spec.base_config()).eval()
         finally:
             torch.random.set_rng_state(state)
-    from familial.loading import checkpoint_dir
+    from famflow.familial.loading import checkpoint_dir
 
     return AutoModelForCausalLM.from_pretrained(
         str(checkpoint_dir(spec)), dtype=spec.torch_dtype
@@ -92,9 +93,9 @@ def time_hf(model, input_ids, max_new_tokens: int, eos: int | None, early_exit: 
 def held_out_blocks(count: int) -> list[torch.Tensor]:
     """Held-out blocks of the demo's data (pyproject's run config), one block per node's
     partition in turn: text in the domain the federation trained on."""
-    from clients.task import get_data
-    from familial.federation_config import FederationConfig
-    from simulations.compare_federations import base_run_config
+    from famflow.clients.task import get_data
+    from famflow.federation.config import FederationConfig
+    from famflow.simulations.compare_federations import base_run_config
 
     config = FederationConfig.from_run_config(base_run_config())
     nodes = config.node_count()

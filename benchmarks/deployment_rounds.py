@@ -19,9 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from familial.paths import REPO_ROOT
-from server.records import read_rows
-from simulations.compare_federations import base_run_config
+from famflow.server.records import read_rows
+from famflow.simulations.compare_federations import base_run_config
 
 TIERS = ("device", "edge", "cloud")
 
@@ -29,8 +28,8 @@ TIERS = ("device", "edge", "cloud")
 def simulate(run_config: dict[str, Any]) -> float:
     from flwr.simulation import run_simulation
 
-    from clients.client_app import make_client_app
-    from server.server_app import make_server_app
+    from famflow.clients.client_app import make_client_app
+    from famflow.server.server_app import make_server_app
 
     start = time.perf_counter()
     run_simulation(
@@ -43,7 +42,7 @@ def simulate(run_config: dict[str, Any]) -> float:
 
 
 def deploy(run_config: dict[str, Any], root: Path) -> float:
-    from server.deployment.loopback import Deployment
+    from famflow.server.deployment.loopback import Deployment
 
     deployment = Deployment(root)
     try:
@@ -64,7 +63,7 @@ def deploy(run_config: dict[str, Any], root: Path) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "runs" / "bench-deployment")
+    parser.add_argument("--out", type=Path, default=Path("runs") / "bench-deployment")
     args = parser.parse_args()
     shutil.rmtree(args.out, ignore_errors=True)
     base = {

@@ -16,13 +16,13 @@ import statistics
 
 import torch
 
-from familial.data import DataConfig, prepare_data
-from familial.loading import load_branch
-from familial.lora import LoraSettings, attach_lora
-from familial.presets import resolve_model
-from familial.privacy import DPConfig, train_private
-from familial.tokenizer import load_tokenizer
-from familial.training import TrainConfig, train
+from famflow.familial.data import DataConfig, prepare_data
+from famflow.familial.loading import load_branch
+from famflow.familial.lora import LoraSettings, attach_lora
+from famflow.familial.presets import resolve_model
+from famflow.familial.privacy import DPConfig, train_private
+from famflow.familial.tokenizer import load_tokenizer
+from famflow.familial.training import TrainConfig, train
 
 
 def main() -> None:

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import torch
 
-from familial.config import ExitAdapterConfig
-from familial.data import DataConfig, prepare_data
-from familial.local_training import train_branch
-from familial.lora import LoraSettings
-from familial.presets import ModelSpec, resolve_model
-from familial.tokenizer import load_tokenizer
-from familial.training import TrainConfig
+from famflow.familial.config import ExitAdapterConfig
+from famflow.familial.data import DataConfig, prepare_data
+from famflow.familial.local_training import train_branch
+from famflow.familial.lora import LoraSettings
+from famflow.familial.presets import ModelSpec, resolve_model
+from famflow.familial.tokenizer import load_tokenizer
+from famflow.familial.training import TrainConfig
 
 VARIANTS = {
     "full": ExitAdapterConfig(norm=True, translator="full"),

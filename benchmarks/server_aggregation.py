@@ -18,12 +18,12 @@ from dataclasses import replace
 
 import numpy as np
 
-from clients.task import node_profile
-from familial.federation_config import FederationConfig
-from server.plans import initial_global_state, node_plans
-from simulations.compare_federations import base_run_config
-from strategies.familial_strategy import NodePlan
-from strategies.rules import ClientUpdate, get_rule
+from famflow.clients.task import node_profile
+from famflow.federation.config import FederationConfig
+from famflow.server.plans import initial_global_state, node_plans
+from famflow.simulations.compare_federations import base_run_config
+from famflow.strategies.familial_strategy import NodePlan
+from famflow.strategies.rules import ClientUpdate, get_rule
 
 BASELINE = "fedit"
 

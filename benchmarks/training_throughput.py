@@ -16,13 +16,13 @@ import time
 
 import torch
 
-from familial.data import DataConfig, prepare_data
-from familial.loading import load_branch
-from familial.lora import LoraSettings, attach_lora, set_trainable
-from familial.model import FamilialLM
-from familial.presets import resolve_model
-from familial.tokenizer import load_tokenizer
-from familial.training import TrainConfig, next_token_loss, train
+from famflow.familial.data import DataConfig, prepare_data
+from famflow.familial.loading import load_branch
+from famflow.familial.lora import LoraSettings, attach_lora, set_trainable
+from famflow.familial.model import FamilialLM
+from famflow.familial.presets import resolve_model
+from famflow.familial.tokenizer import load_tokenizer
+from famflow.familial.training import TrainConfig, next_token_loss, train
 
 
 def plain_loop(model: FamilialLM, blocks: torch.Tensor, steps: int, batch_size: int) -> float:

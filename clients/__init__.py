@@ -1,1 +1,1 @@
-"""Flower ClientApp: hardware profile -> branch, local training (the federation issue)."""
+"""Flower ClientApp: hardware profile -> branch, local training and evaluation, replies."""

@@ -11,16 +11,16 @@ from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, Record
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 
-from clients.node import first_message_startup_seconds, get_node_data, use_node_cache
-from clients.task import get_branch, node_profile, receive, reply_arrays, train_round
-from familial.calibration import lens_statistics
-from familial.data.splits import TokenSplits
-from familial.evaluation import evaluate
-from familial.federation_config import FederationConfig
-from familial.model import FamilialLM
-from familial.privacy import PrivacyBudgetError
-from familial.training import TrainConfig
-from strategies.records import from_record, to_record
+from famflow.clients.node import first_message_startup_seconds, get_node_data, use_node_cache
+from famflow.clients.task import get_branch, node_profile, receive, reply_arrays, train_round
+from famflow.familial.calibration import lens_statistics
+from famflow.familial.data.splits import TokenSplits
+from famflow.familial.evaluation import evaluate
+from famflow.familial.model import FamilialLM
+from famflow.familial.privacy import PrivacyBudgetError
+from famflow.familial.training import TrainConfig
+from famflow.federation.config import FederationConfig
+from famflow.strategies.records import from_record, to_record
 
 
 @dataclass

@@ -15,10 +15,10 @@ from typing import Any
 
 import psutil
 
-from clients.task import get_data
-from familial.data.splits import TokenSplits
-from familial.errors import FamflowError
-from familial.federation_config import FederationConfig
+from famflow.clients.task import get_data
+from famflow.familial.data.splits import TokenSplits
+from famflow.familial.errors import FamflowError
+from famflow.federation.config import FederationConfig
 
 _handled_a_message = False
 

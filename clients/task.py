@@ -9,22 +9,36 @@ import numpy as np
 import torch
 from flwr.app import ConfigRecord, Context
 
-from familial import privacy
-from familial.codecs import decode, encode
-from familial.data.block_cache import block_cache_file, cached_splits
-from familial.data.config import DataConfig
-from familial.data.splits import TokenSplits
-from familial.errors import FamflowError
-from familial.federation_config import FederationConfig
-from familial.hardware import GIB, detected_memory_gb, get_tier, resolve_device
-from familial.loading import load_branch
-from familial.lora import LoraSettings, attach_lora, load_trainable_state, trainable_state
-from familial.model import FamilialLM
-from familial.presets import ModelSpec, resolve_model
-from familial.sizing import largest_fitting_branch
-from familial.tokenizer import load_tokenizer
-from familial.training import TrainConfig, TrainResult, train
-from strategies.rules.base import is_lora_key
+from famflow.familial import privacy
+from famflow.familial.codecs import decode, encode
+from famflow.familial.data.block_cache import block_cache_file, cached_splits
+from famflow.familial.data.config import DataConfig
+from famflow.familial.data.splits import TokenSplits
+from famflow.familial.errors import FamflowError
+from famflow.familial.hardware import (
+    GIB,
+    detected_memory_gb,
+    get_tier,
+    load_tiers,
+    resolve_device,
+    tiers_file,
+)
+from famflow.familial.loading import load_branch
+from famflow.familial.lora import attach_lora
+from famflow.familial.model import FamilialLM
+from famflow.familial.presets import ModelSpec, resolve_model
+from famflow.familial.sizing import largest_fitting_branch
+from famflow.familial.tokenizer import load_tokenizer
+from famflow.familial.training import TrainConfig, TrainResult, train
+from famflow.federation.config import FederationConfig
+from famflow.federation.contract import (
+    DP_EPSILON,
+    DP_NOISE,
+    codec_reference,
+    exchanged,
+    load_exchanged,
+    lora_settings,
+)
 
 # Each ClientApp process keeps its branch and data between messages (simulation reuses them).
 _BRANCHES: dict[tuple[Any, ...], FamilialLM] = {}
@@ -38,10 +52,11 @@ def node_profile(config: FederationConfig, node_config: dict[str, Any]) -> dict[
     """Tier, memory, device, and the deepest branch and LoRA rank this node can train."""
     spec = resolve_model(config.model)
     device = resolve_device(str(node_config.get("device", config.device)))
+    tiers = load_tiers(tiers_file(spec.tiers))
     if "tier" in node_config:
-        tier = get_tier(str(node_config["tier"]))
+        tier = get_tier(str(node_config["tier"]), tiers)
     elif "partition-id" in node_config and "memory-gb" not in node_config:
-        tier = get_tier(config.tier_of_partition(int(node_config["partition-id"])))
+        tier = get_tier(config.tier_of_partition(int(node_config["partition-id"])), tiers)
     else:
         tier = None
     memory_gb = float(node_config.get("memory-gb", tier.memory_gb if tier else 0))
@@ -65,15 +80,6 @@ def node_profile(config: FederationConfig, node_config: dict[str, Any]) -> dict[
     }
 
 
-def lora_settings(config: FederationConfig, rank: int) -> LoraSettings:
-    return LoraSettings(
-        rank=rank,
-        alpha=config.lora_alpha_ratio * rank,
-        freeze_a=config.rule == "ffa",
-        seed=config.seed,
-    )
-
-
 def get_branch(config: FederationConfig, exit_depth: int, rank: int, device: str) -> FamilialLM:
     exits = config.exits_of_branch(exit_depth)
     key = (config.model, exit_depth, rank, config.rule, config.seed, device, str(exits))
@@ -81,11 +87,7 @@ def get_branch(config: FederationConfig, exit_depth: int, rank: int, device: str
         branch = load_branch(config.model, exit_depth, exits=exits)
         branch = attach_lora(branch, lora_settings(config, rank))
         _BRANCHES[key] = branch.to(device)
-        _REFERENCES[id(_BRANCHES[key])] = {
-            name: value
-            for name, value in _numpy(exchanged(config, branch)).items()
-            if not is_lora_key(name)
-        }
+        _REFERENCES[id(_BRANCHES[key])] = codec_reference(_numpy(exchanged(config, branch)))
     return _BRANCHES[key]
 
 
@@ -120,19 +122,14 @@ def get_data(
         path = block_cache_file(data, partition_id, max_length, tokenizer_source)
 
         def prepare() -> TokenSplits:
-            from familial.data.prepare import prepare_data  # imports datasets, flwr-datasets
+            from famflow.familial.data.prepare import (
+                prepare_data,  # imports datasets, flwr-datasets
+            )
 
             return prepare_data(data, load_tokenizer(spec), partition_id, max_length)
 
         _DATA[key] = cached_splits(path, prepare)
     return _DATA[key]
-
-
-def exchanged(config: FederationConfig, branch: FamilialLM) -> dict[str, torch.Tensor]:
-    """The tensors this branch sends and receives (FFA: no A, it is shared and frozen)."""
-    return trainable_state(
-        branch, exit_adapters=config.train_exit_adapters, lora_a=config.rule != "ffa"
-    )
 
 
 def receive(
@@ -141,9 +138,7 @@ def receive(
     """Apply the server's slice to the branch; returns it decoded (the reply's reference)."""
     decoded = decode(arrays, config.codec, _REFERENCES.get(id(branch)))
     state = {key: torch.from_numpy(value) for key, value in decoded.items()}
-    load_trainable_state(
-        branch, state, exit_adapters=config.train_exit_adapters, lora_a=config.rule != "ffa"
-    )
+    load_exchanged(config, branch, state)
     return decoded
 
 
@@ -202,4 +197,4 @@ def train_round(
         total_steps=config.num_server_rounds * settings.steps,
     )
     store_dp_history(context, private.history)
-    return private.result, {"dp-epsilon": private.epsilon, "dp-noise": private.noise_multiplier}
+    return private.result, {DP_EPSILON: private.epsilon, DP_NOISE: private.noise_multiplier}

@@ -8,18 +8,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from familial.config import ExitAdapterConfig, FamilyConfig
-from familial.errors import FamflowError
+from famflow.familial.config import ExitAdapterConfig, FamilyConfig
+from famflow.familial.errors import FamflowError
 
 if TYPE_CHECKING:
-    from familial.model import FamilialLM, FamilialOutput
+    from famflow.familial.model import FamilialLM, FamilialOutput
 
 __all__ = ["ExitAdapterConfig", "FamflowError", "FamilialLM", "FamilialOutput", "FamilyConfig"]
 
 
 def __getattr__(name: str) -> object:
     if name in ("FamilialLM", "FamilialOutput"):
-        from familial import model
+        from famflow.familial import model
 
         return getattr(model, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -11,7 +11,7 @@ from transformers.models.llama import modeling_llama
 from transformers.models.qwen2 import modeling_qwen2
 from transformers.models.qwen3 import modeling_qwen3
 
-from familial.errors import FamflowError
+from famflow.familial.errors import FamflowError
 
 RUYI_MODEL_TYPE = "ruyi_qwen2"
 RUYI_ONLY_KEYS = ("early_exit_points", "shared_heads", "auto_map", "architectures")

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from familial.errors import FamflowError
-from familial.exits import FullTranslator
-from familial.model import FamilialLM
+from famflow.familial.errors import FamflowError
+from famflow.familial.exits import FullTranslator
+from famflow.familial.model import FamilialLM
 
 
 @dataclass

@@ -17,9 +17,8 @@ the slice the node was sent, so a reply carries only what local training changed
 from __future__ import annotations
 
 import numpy as np
-import torch
 
-from familial.errors import FamflowError
+from famflow.familial.errors import FamflowError
 
 CODECS = ("fp32", "fp16", "bf16", "int8")
 SCALE_SUFFIX = "#scale"
@@ -70,12 +69,16 @@ def _encode_int8(key: str, values: np.ndarray) -> Arrays:
 
 def _bf16_bits(values: np.ndarray) -> np.ndarray:
     """float32 -> bfloat16 (round to nearest even) as its int16 bit pattern."""
+    import torch  # only bf16 needs it; keeps the run config's import light
+
     tensor = torch.from_numpy(np.ascontiguousarray(values))
     return tensor.to(torch.bfloat16).view(torch.int16).numpy().copy()
 
 
 def _bf16_values(bits: np.ndarray) -> np.ndarray:
     """The int16 bit pattern of bfloat16 values -> float32."""
+    import torch
+
     tensor = torch.from_numpy(np.ascontiguousarray(bits))
     return tensor.view(torch.bfloat16).to(torch.float32).numpy().copy()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from familial.errors import FamflowError
+from famflow.familial.errors import FamflowError
 
 ExitStyle = Literal["shared-head", "ruyi"]
 TranslatorKind = Literal["none", "full", "low-rank"]

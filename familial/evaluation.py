@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F  # noqa: N812
 
-from familial.errors import FamflowError
-from familial.model import FamilialLM
+from famflow.familial.errors import FamflowError
+from famflow.familial.model import FamilialLM
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from familial.config import ExitAdapterConfig
+from famflow.familial.config import ExitAdapterConfig
 
 
 class FullTranslator(nn.Module):

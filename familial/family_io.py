@@ -8,9 +8,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from familial.config import FamilyConfig
-from familial.errors import FamflowError
-from familial.model import FamilialLM
+from famflow.familial.config import FamilyConfig
+from famflow.familial.errors import FamflowError
+from famflow.familial.model import FamilialLM
 
 ADAPTERS_FILE = "exit_adapters.safetensors"
 FAMILY_FILE = "family.json"

@@ -9,13 +9,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from familial.errors import FamflowError
+from famflow.familial.errors import FamflowError
 
 logger = logging.getLogger("famflow.familial")
 
 
 def gguf_cache_dir(gguf: Path) -> Path:
-    from familial.paths import cache_root
+    from famflow.familial.paths import cache_root
 
     # The file size tells two releases of the same file name apart without hashing 100 MB.
     return cache_root() / "models" / f"{gguf.stem}-{gguf.stat().st_size}"

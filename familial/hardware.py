@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 
-from familial.errors import FamflowError
-from familial.paths import REPO_ROOT
+from famflow.familial.errors import FamflowError
+from famflow.familial.paths import shipped_configs
 
 GIB = 1024**3
 
@@ -29,8 +29,12 @@ class Tier:
             )
 
 
-def tiers_file() -> Path:
-    return Path(os.environ.get("FAMFLOW_TIERS", REPO_ROOT / "configs" / "hardware" / "tiers.toml"))
+def tiers_file(model_tiers: Path | None = None) -> Path:
+    """``FAMFLOW_TIERS``, else the model's own tiers file (its preset's ``tiers``), else the
+    shipped default (SmolLM2's device / edge / cloud)."""
+    if "FAMFLOW_TIERS" in os.environ:
+        return Path(os.environ["FAMFLOW_TIERS"])
+    return model_tiers or shipped_configs() / "hardware" / "tiers.toml"
 
 
 def load_tiers(path: Path | None = None) -> dict[str, Tier]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import DynamicCache
 
-from familial.model import FamilialLM
+from famflow.familial.model import FamilialLM
 
 
 @torch.no_grad()

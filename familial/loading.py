@@ -12,13 +12,13 @@ from pathlib import Path
 
 import torch
 
-from familial.architectures import architecture_for
-from familial.checkpoint import SafetensorsCheckpoint
-from familial.errors import FamflowError
-from familial.exits import FullTranslator, LowRankTranslator
-from familial.family_io import read_exit_adapters
-from familial.model import FamilialLM
-from familial.presets import ModelSpec, resolve_model
+from famflow.familial.architectures import architecture_for
+from famflow.familial.checkpoint import SafetensorsCheckpoint
+from famflow.familial.errors import FamflowError
+from famflow.familial.exits import FullTranslator, LowRankTranslator
+from famflow.familial.family_io import read_exit_adapters
+from famflow.familial.model import FamilialLM
+from famflow.familial.presets import ModelSpec, resolve_model
 
 logger = logging.getLogger("famflow.familial")
 
@@ -52,7 +52,7 @@ def build_meta_branch(
 
 def checkpoint_dir(spec: ModelSpec) -> Path:
     if spec.source == "gguf":
-        from familial.gguf_cache import ensure_gguf_cache
+        from famflow.familial.gguf_cache import ensure_gguf_cache
 
         assert spec.path is not None
         return ensure_gguf_cache(spec.path)

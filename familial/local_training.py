@@ -10,21 +10,21 @@ from typing import Any
 
 import torch
 
-from familial.calibration import calibrate
-from familial.errors import FamflowError
-from familial.evaluation import ExitMetrics, evaluate
-from familial.family_io import ADAPTERS_FILE, save_exit_adapters
-from familial.loading import load_branch
-from familial.lora import LoraSettings, attach_lora
-from familial.model import FamilialLM
-from familial.peft_export import (
+from famflow.familial.calibration import calibrate
+from famflow.familial.errors import FamflowError
+from famflow.familial.evaluation import ExitMetrics, evaluate
+from famflow.familial.family_io import ADAPTERS_FILE, save_exit_adapters
+from famflow.familial.loading import load_branch
+from famflow.familial.lora import LoraSettings, attach_lora
+from famflow.familial.model import FamilialLM
+from famflow.familial.peft_export import (
     PEFT_WEIGHTS_FILE,
     load_peft_adapter,
     read_lora_settings,
     save_peft_adapter,
 )
-from familial.presets import ModelSpec
-from familial.training import TrainConfig, train
+from famflow.familial.presets import ModelSpec
+from famflow.familial.training import TrainConfig, train
 
 logger = logging.getLogger("famflow.familial")
 METRICS_FILE = "metrics.json"

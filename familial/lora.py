@@ -12,10 +12,10 @@ from peft import LoraConfig, inject_adapter_in_model
 from peft.tuners.lora import LoraLayer
 from torch import nn
 
-from familial.errors import FamflowError
-from familial.model import FamilialLM
-from familial.naming import exit_adapter_key, lora_module_key
-from familial.sizing import DEFAULT_LORA_TARGETS
+from famflow.familial.errors import FamflowError
+from famflow.familial.model import FamilialLM
+from famflow.familial.naming import exit_adapter_key, lora_module_key
+from famflow.familial.sizing import DEFAULT_LORA_TARGETS
 
 ADAPTER_NAME = "default"
 

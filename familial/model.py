@@ -10,10 +10,10 @@ from transformers import PretrainedConfig
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
-from familial.architectures import Architecture, architecture_for
-from familial.config import FamilyConfig
-from familial.errors import FamflowError
-from familial.exits import ExitHead, make_translator
+from famflow.familial.architectures import Architecture, architecture_for
+from famflow.familial.config import FamilyConfig
+from famflow.familial.errors import FamflowError
+from famflow.familial.exits import ExitHead, make_translator
 
 
 @dataclass

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from familial.errors import FamflowError
+from famflow.familial.errors import FamflowError
 
 _TRUNK = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 _EXIT_LAYER = re.compile(r"^exits\.(\d+)\.layer\.(.+)$")

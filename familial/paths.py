@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+from importlib.resources import files
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+
+def shipped_configs() -> Path:
+    """The model presets (``models/``) and tier files (``hardware/``) shipped with famflow."""
+    return Path(str(files("famflow.configs")))
 
 
 def cache_root() -> Path:

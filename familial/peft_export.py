@@ -13,9 +13,9 @@ from pathlib import Path
 from peft import LoraConfig, get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
-from familial.errors import FamflowError
-from familial.lora import ADAPTER_NAME, LoraSettings, lora_modules
-from familial.model import FamilialLM
+from famflow.familial.errors import FamflowError
+from famflow.familial.lora import ADAPTER_NAME, LoraSettings, lora_modules
+from famflow.familial.model import FamilialLM
 
 PEFT_CONFIG_FILE = "adapter_config.json"
 PEFT_WEIGHTS_FILE = "adapter_model.safetensors"

@@ -13,11 +13,11 @@ from typing import Any, Literal
 import torch
 from transformers import PretrainedConfig
 
-from familial.architectures import RUYI_MODEL_TYPE, base_config_from_dict, ruyi_exit_depths
-from familial.config import ExitAdapterConfig, FamilyConfig
-from familial.errors import FamflowError
-from familial.layouts import DenseLayout, Layout, RuyiLayout
-from familial.paths import REPO_ROOT
+from famflow.familial.architectures import RUYI_MODEL_TYPE, base_config_from_dict, ruyi_exit_depths
+from famflow.familial.config import ExitAdapterConfig, FamilyConfig
+from famflow.familial.errors import FamflowError
+from famflow.familial.layouts import DenseLayout, Layout, RuyiLayout
+from famflow.familial.paths import shipped_configs
 
 SourceKind = Literal["random", "config", "local", "gguf"]
 SOURCE_KINDS = ("random", "config", "local", "gguf")
@@ -29,7 +29,8 @@ DTYPES: dict[str, torch.dtype] = {
 
 
 def presets_dir() -> Path:
-    return Path(os.environ.get("FAMFLOW_PRESETS", REPO_ROOT / "configs" / "models"))
+    """``FAMFLOW_PRESETS``, else the presets shipped with famflow."""
+    return Path(os.environ.get("FAMFLOW_PRESETS", shipped_configs() / "models"))
 
 
 def parse_dtype(name: str) -> torch.dtype:
@@ -45,6 +46,7 @@ class ModelSpec:
 
     ``source`` is ``random`` (initialised from ``seed``), ``config`` (sizes only), ``local``
     (a safetensors checkpoint directory) or ``gguf`` (converted once into a safetensors cache).
+    ``tiers``: the tiers file the family is sized for (a preset's ``tiers``, relative to it).
     """
 
     name: str
@@ -56,6 +58,8 @@ class ModelSpec:
     seed: int = 0
     description: str = ""
     layout: Layout = field(default_factory=DenseLayout)
+    # The hardware tiers this family is sized for (a preset's ``tiers``); None: the default.
+    tiers: Path | None = None
 
     def __post_init__(self) -> None:
         if self.source not in SOURCE_KINDS:
@@ -129,7 +133,7 @@ def load_preset(name: str) -> ModelSpec:
     kind = source.get("kind", "config")
     if kind == "gguf":
         gguf = _gguf_path(source, path)
-        from familial.gguf_cache import gguf_config_dict
+        from famflow.familial.gguf_cache import gguf_config_dict
 
         config_dict = data.get("config") or gguf_config_dict(gguf)
         model_path: Path | None = gguf
@@ -150,6 +154,7 @@ def load_preset(name: str) -> ModelSpec:
         seed=int(data.get("seed", 0)),
         description=data.get("description", ""),
         layout=_layout_for(config_dict, family),
+        tiers=(path.parent / data["tiers"]).resolve() if "tiers" in data else None,
     )
 
 
@@ -177,7 +182,7 @@ def spec_from_path(
     if path.suffix == ".gguf":
         if not path.is_file():
             raise FamflowError(f"{path} does not exist: pass an existing .gguf file.")
-        from familial.gguf_cache import gguf_config_dict
+        from famflow.familial.gguf_cache import gguf_config_dict
 
         config_dict = gguf_config_dict(path)
         kind: SourceKind = "gguf"

@@ -31,9 +31,9 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader, TensorDataset
 
-from familial.errors import FamflowError
-from familial.model import FamilialLM
-from familial.training import (
+from famflow.familial.errors import FamflowError
+from famflow.familial.model import FamilialLM
+from famflow.familial.training import (
     TrainConfig,
     TrainResult,
     cosine_schedule,
@@ -130,17 +130,6 @@ def accountant(history: History) -> RDPAccountant:
 def epsilon(history: History, delta: float) -> float:
     """The epsilon of everything in ``history`` at ``delta`` (0 before any step)."""
     return float(accountant(history).get_epsilon(delta)) if history else 0.0
-
-
-def central_epsilon(noise: float, rounds: int, delta: float) -> float:
-    """User-level epsilon after ``rounds`` rounds of central DP at noise multiplier ``noise``.
-
-    Each round releases every key's sum of clipped changes (norm <= C per node, all keys
-    together) plus Gaussian noise of std ``noise * C``: the Gaussian mechanism, composed over
-    rounds by Opacus' RDP accountant. No sampling amplification is credited, since a node may
-    be chosen every round.
-    """
-    return epsilon([(noise, 1.0, rounds)], delta)
 
 
 def extended(history: History, noise: float, rate: float, steps: int) -> History:

@@ -8,9 +8,9 @@ from typing import Any
 
 from torch import nn
 
-from familial.loading import build_meta_branch
-from familial.model import FamilialLM
-from familial.presets import ModelSpec, resolve_model
+from famflow.familial.loading import build_meta_branch
+from famflow.familial.model import FamilialLM
+from famflow.familial.presets import ModelSpec, resolve_model
 
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 FP32_BYTES = 4

@@ -7,8 +7,8 @@ from functools import cache
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from familial.errors import FamflowError
-from familial.presets import ModelSpec
+from famflow.familial.errors import FamflowError
+from famflow.familial.presets import ModelSpec
 
 BYTE_VOCAB_SIZE = 256
 # A plain chat template, so chat data formats the same way for test models as for real ones.
@@ -49,7 +49,7 @@ def load_tokenizer(spec: ModelSpec) -> PreTrainedTokenizerBase:
                 "the byte tokenizer needs: give it vocab_size >= 256."
             )
         return byte_tokenizer()
-    from familial.loading import checkpoint_dir
+    from famflow.familial.loading import checkpoint_dir
 
     directory = checkpoint_dir(spec)
     try:

@@ -7,12 +7,12 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from familial.argtypes import non_negative_int, positive_int
-from familial.errors import FamflowError
+from famflow.familial.argtypes import non_negative_int, positive_int
+from famflow.familial.errors import FamflowError
 
 if TYPE_CHECKING:
-    from familial.lora import LoraSettings
-    from familial.training import TrainConfig
+    from famflow.familial.lora import LoraSettings
+    from famflow.familial.training import TrainConfig
 
 
 def _exit_weights(text: str) -> dict[int, float]:
@@ -75,7 +75,7 @@ def add_train_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def _train_config(args: argparse.Namespace, train_lora: bool, exit_adapters: bool) -> TrainConfig:
-    from familial.training import TrainConfig
+    from famflow.familial.training import TrainConfig
 
     return TrainConfig(
         steps=args.steps,
@@ -99,10 +99,10 @@ def _run(
     lora: LoraSettings | None,
     train_config: TrainConfig,
 ) -> None:
-    from familial.data import DataConfig, prepare_data
-    from familial.local_training import train_branch
-    from familial.presets import resolve_model
-    from familial.tokenizer import load_tokenizer
+    from famflow.familial.data import DataConfig, prepare_data
+    from famflow.familial.local_training import train_branch
+    from famflow.familial.presets import resolve_model
+    from famflow.familial.tokenizer import load_tokenizer
 
     spec = resolve_model(args.model)
     data_config = DataConfig(
@@ -153,9 +153,9 @@ def _run(
 
 
 def cmd_train_local(args: argparse.Namespace) -> None:
-    from familial.lora import LoraSettings
-    from familial.presets import resolve_model
-    from familial.sizing import DEFAULT_LORA_TARGETS
+    from famflow.familial.lora import LoraSettings
+    from famflow.familial.presets import resolve_model
+    from famflow.familial.sizing import DEFAULT_LORA_TARGETS
 
     if args.no_lora and args.no_exit_adapters:
         raise FamflowError("--no-lora and --no-exit-adapters leave nothing to train: drop one.")
@@ -184,7 +184,7 @@ def cmd_train_local(args: argparse.Namespace) -> None:
 
 
 def cmd_familialize(args: argparse.Namespace) -> None:
-    from familial.presets import resolve_model
+    from famflow.familial.presets import resolve_model
 
     spec = resolve_model(args.model)
     if spec.family.adapters is None:

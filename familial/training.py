@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch.optim.lr_scheduler import LambdaLR
 
-from familial.errors import FamflowError
-from familial.lora import set_trainable
-from familial.model import FamilialLM
+from famflow.familial.errors import FamflowError
+from famflow.familial.lora import set_trainable
+from famflow.familial.model import FamilialLM
 
 logger = logging.getLogger("famflow.familial")
 

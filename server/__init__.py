@@ -1,1 +1,1 @@
-"""Flower ServerApp: round loop, checkpoints, TensorBoard, export (federation issue)."""
+"""Flower ServerApp: round loop, checkpoints, TensorBoard, export of refreshed branches."""

@@ -14,13 +14,13 @@ import numpy as np
 from flwr.app import ConfigRecord, Message
 from flwr.serverapp import Grid
 
-from familial.calibration import LensStatistics, solve_translator
-from familial.errors import FamflowError
-from familial.federation_config import FederationConfig
-from familial.presets import resolve_model
-from server.plans import branch_keys
-from strategies.familial_strategy import FamilialStrategy, RoundTraffic
-from strategies.records import from_record, to_record
+from famflow.familial.calibration import LensStatistics, solve_translator
+from famflow.familial.errors import FamflowError
+from famflow.familial.presets import resolve_model
+from famflow.federation.config import FederationConfig
+from famflow.federation.contract import branch_keys
+from famflow.strategies.familial_strategy import FamilialStrategy, RoundTraffic
+from famflow.strategies.records import from_record, to_record
 
 logger = logging.getLogger("famflow.server")
 CALIBRATE_QUERY = "query.calibrate"

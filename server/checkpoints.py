@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from familial.errors import FamflowError
+from famflow.familial.errors import FamflowError
 
 
 def save_checkpoint(

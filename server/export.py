@@ -8,15 +8,15 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from clients.task import exchanged, lora_settings
-from familial.family_io import save_exit_adapters
-from familial.federation_config import FederationConfig
-from familial.loading import load_branch
-from familial.lora import attach_lora, load_trainable_state, lora_modules
-from familial.model import FamilialLM
-from familial.peft_export import save_peft_adapter
-from familial.presets import resolve_model
-from strategies.rules import AggregationRule
+from famflow.familial.family_io import save_exit_adapters
+from famflow.familial.loading import load_branch
+from famflow.familial.lora import attach_lora, lora_modules
+from famflow.familial.model import FamilialLM
+from famflow.familial.peft_export import save_peft_adapter
+from famflow.familial.presets import resolve_model
+from famflow.federation.config import FederationConfig
+from famflow.federation.contract import exchanged, load_exchanged, lora_settings
+from famflow.strategies.rules import AggregationRule
 
 MERGED_FILE = "merged_model.safetensors"
 
@@ -52,11 +52,8 @@ def export_branches(
         branch = attach_lora(load_branch(spec, depth, exits=[depth]), lora_settings(config, rank))
         keys = sorted(exchanged(config, branch))
         sliced = rule.slice_for(arrays, keys, rank, config.lora_alpha_ratio)
-        load_trainable_state(
-            branch,
-            {key: torch.from_numpy(value) for key, value in sliced.items()},
-            exit_adapters=config.train_exit_adapters,
-            lora_a=config.rule != "ffa",
+        load_exchanged(
+            config, branch, {key: torch.from_numpy(value) for key, value in sliced.items()}
         )
         directory = out_dir / f"exit-{depth}"
         save_peft_adapter(branch, directory, base_model=str(spec.path or spec.name))

@@ -12,21 +12,21 @@ from typing import Any
 from flwr.app import ConfigRecord, Message, MessageType, MetricRecord
 from flwr.serverapp import Grid
 
-from familial.federation_config import FederationConfig
-from familial.privacy import central_epsilon
-from server.calibration import calibrate_translators
-from server.checkpoints import load_checkpoint, save_checkpoint
-from server.export import export_branches
-from server.membership import refresh_nodes
-from server.plans import codec_reference, initial_global_state, node_plans
-from server.profiles import query_profiles, usable_profiles
-from server.records import RoundRecorder, read_rows
-from strategies.central_dp import CentralDPSettings, unstated_guarantee
-from strategies.familial_strategy import FamilialStrategy, NodePlan, RoundTraffic
-from strategies.records import from_record, to_record
-from strategies.robust import RobustSettings
-from strategies.rules import AggregationRule, get_rule
-from strategies.validation import ReplyLimits
+from famflow.federation.config import FederationConfig
+from famflow.federation.contract import codec_reference
+from famflow.server.calibration import calibrate_translators
+from famflow.server.checkpoints import load_checkpoint, save_checkpoint
+from famflow.server.export import export_branches
+from famflow.server.membership import refresh_nodes
+from famflow.server.plans import initial_global_state, node_plans
+from famflow.server.profiles import query_profiles, usable_profiles
+from famflow.server.records import RoundRecorder, read_rows
+from famflow.strategies.central_dp import CentralDPSettings, central_epsilon, unstated_guarantee
+from famflow.strategies.familial_strategy import FamilialStrategy, NodePlan, RoundTraffic
+from famflow.strategies.records import from_record, to_record
+from famflow.strategies.robust import RobustSettings
+from famflow.strategies.rules import AggregationRule, get_rule
+from famflow.strategies.validation import ReplyLimits
 
 logger = logging.getLogger("famflow.server")
 

@@ -7,10 +7,10 @@ import logging
 
 from flwr.serverapp import Grid
 
-from familial.federation_config import FederationConfig
-from server.plans import node_plans
-from server.profiles import query_profiles, usable_profiles
-from strategies.familial_strategy import FamilialStrategy
+from famflow.federation.config import FederationConfig
+from famflow.server.plans import node_plans
+from famflow.server.profiles import query_profiles, usable_profiles
+from famflow.strategies.familial_strategy import FamilialStrategy
 
 logger = logging.getLogger("famflow.server")
 

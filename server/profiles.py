@@ -9,9 +9,9 @@ from typing import Any
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
-from familial.errors import FamflowError
-from familial.federation_config import FederationConfig
-from familial.presets import resolve_model
+from famflow.familial.errors import FamflowError
+from famflow.familial.presets import resolve_model
+from famflow.federation.config import FederationConfig
 
 logger = logging.getLogger("famflow.server")
 PROFILE_QUERY = "query.profile"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from familial.federation_config import FederationConfig
+from famflow.federation.config import FederationConfig
 
 
 def format_report(rows: list[dict[str, Any]], config: FederationConfig) -> str:

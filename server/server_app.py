@@ -10,10 +10,10 @@ from flwr.app.exception import AppExitException
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore.exit import ExitCode
 
-from familial.errors import FamflowError
-from familial.federation_config import FederationConfig
-from server.federation import run_federation
-from server.report import print_report
+from famflow.familial.errors import FamflowError
+from famflow.federation.config import FederationConfig
+from famflow.server.federation import run_federation
+from famflow.server.report import print_report
 
 logger = logging.getLogger("famflow")
 

@@ -8,9 +8,10 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from familial.argtypes import positive_int
-from familial.errors import FamflowError
-from familial.federation_config import CODECS, RULES
+from famflow.familial.argtypes import positive_int
+from famflow.familial.codecs import CODECS
+from famflow.familial.errors import FamflowError
+from famflow.strategies.rules import RULES
 
 
 def add_comm_parser(sub: argparse._SubParsersAction) -> None:
@@ -24,7 +25,9 @@ def add_comm_parser(sub: argparse._SubParsersAction) -> None:
     comm.add_argument(
         "--run", dest="run_dir", type=Path, help="a finished run's out-dir (metrics.jsonl)"
     )
-    comm.add_argument("--tiers", type=Path, help="tiers file (default configs/hardware/tiers.toml)")
+    comm.add_argument(
+        "--tiers", type=Path, help="tiers file (default: the preset's own, else tiers.toml)"
+    )
     comm.add_argument("--tier-mix", help="e.g. device:2,edge:2,cloud:2 (default: 2 per tier)")
     comm.add_argument("--rule", action="append", choices=RULES, help="repeatable (default all)")
     comm.add_argument("--codec", action="append", choices=CODECS, help="repeatable (default all)")
@@ -64,9 +67,9 @@ def cmd_comm(args: argparse.Namespace) -> None:
         return
     if args.model is None:
         raise FamflowError("famflow comm needs a MODEL (preset or checkpoint) or --run RUN_DIR.")
-    from familial.presets import resolve_model
-    from simulations.comm_output import analytic_text, document, human_bytes, write_csv
-    from simulations.comm_schemes import (
+    from famflow.familial.presets import resolve_model
+    from famflow.simulations.comm_output import analytic_text, document, human_bytes, write_csv
+    from famflow.simulations.comm_schemes import (
         DTYPE_NAMES,
         analytic_rows,
         dense_parameters,
@@ -98,7 +101,7 @@ def cmd_comm(args: argparse.Namespace) -> None:
         write_csv(args.csv, rows)
         _note(args, f"CSV: {args.csv}")
     if args.plot:
-        from simulations.comm_plot import plot_schemes
+        from famflow.simulations.comm_plot import plot_schemes
 
         title = (
             f"{spec.name}: bytes per client per round "
@@ -109,8 +112,8 @@ def cmd_comm(args: argparse.Namespace) -> None:
 
 
 def cmd_comm_run(args: argparse.Namespace) -> None:
-    from simulations.comm_output import document, measured_text, write_csv
-    from simulations.comm_run import (
+    from famflow.simulations.comm_output import document, measured_text, write_csv
+    from famflow.simulations.comm_run import (
         measured_rows,
         read_run,
         run_settings,
@@ -144,7 +147,7 @@ def cmd_comm_run(args: argparse.Namespace) -> None:
         write_csv(args.csv, measured)
         _note(args, f"CSV: {args.csv}")
     if args.plot:
-        from simulations.comm_plot import plot_cumulative
+        from famflow.simulations.comm_plot import plot_cumulative
 
         plot_cumulative(rows, settings, args.plot)
         _note(args, f"plot: {args.plot}")

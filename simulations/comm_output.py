@@ -9,9 +9,9 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from familial.errors import FamflowError
-from simulations.comm_run import MeasuredRow, RunSettings
-from simulations.comm_schemes import CommRow, TierNodes
+from famflow.familial.errors import FamflowError
+from famflow.simulations.comm_run import MeasuredRow, RunSettings
+from famflow.simulations.comm_schemes import CommRow, TierNodes
 
 Column = tuple[str, Callable[[Any], str]]
 

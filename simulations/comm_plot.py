@@ -9,11 +9,11 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from familial.errors import FamflowError
-from familial.presets import resolve_model
-from simulations.comm_run import RunSettings, analytic_message
-from simulations.comm_schemes import TOTAL, CommRow
-from simulations.comm_wire import FamilyShapes
+from famflow.familial.errors import FamflowError
+from famflow.familial.presets import resolve_model
+from famflow.simulations.comm_run import RunSettings, analytic_message
+from famflow.simulations.comm_schemes import TOTAL, CommRow
+from famflow.simulations.comm_wire import FamilyShapes
 
 
 def _save(figure: Figure, path: Path) -> None:

@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from familial.errors import FamflowError
-from familial.federation_config import CODECS, RULES
-from familial.presets import resolve_model
-from simulations.comm_schemes import TOTAL
-from simulations.comm_wire import FamilyShapes, Wire, message_bytes
+from famflow.familial.codecs import CODECS
+from famflow.familial.errors import FamflowError
+from famflow.familial.presets import resolve_model
+from famflow.simulations.comm_schemes import TOTAL
+from famflow.simulations.comm_wire import FamilyShapes, Wire, message_bytes
+from famflow.strategies.rules import RULES
 
 METRICS_FILE = "metrics.jsonl"  # server.records.METRICS_FILE
 DIRECTIONS = ("up", "down")
@@ -156,7 +157,7 @@ def analytic_message(
     exchanged = shapes.exchanged(
         exit_depth,
         rank,
-        lora_a=settings.rule != "ffa",
+        lora_a=RULES[settings.rule].exchanges_a,
         exit_adapters=settings.exit_adapters,
         own_exit=settings.own_exit,
     )

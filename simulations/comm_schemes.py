@@ -19,15 +19,14 @@ from pathlib import Path
 
 import torch
 
-from familial.errors import FamflowError
-from familial.federation_config import FederationConfig
-from familial.hardware import GIB, Tier, load_tiers
-from familial.presets import ModelSpec
-from familial.sizing import branch_size, largest_fitting_branch
-from simulations.comm_wire import FamilyShapes, Wire, message_bytes
+from famflow.familial.errors import FamflowError
+from famflow.familial.hardware import GIB, Tier, load_tiers, tiers_file
+from famflow.familial.presets import ModelSpec
+from famflow.familial.sizing import branch_size, largest_fitting_branch
+from famflow.federation.config import FederationConfig
+from famflow.simulations.comm_wire import FamilyShapes, Wire, message_bytes
+from famflow.strategies.rules import RULES
 
-# Rules whose nodes keep their tier's rank (server.plans.HETEROGENEOUS_RULES; a test checks).
-HETEROGENEOUS_RULES = ("ffa", "flexlora", "hetlora")
 DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 TOTAL = "total"
 
@@ -75,6 +74,7 @@ def tier_nodes(
     seq_len: int = 64,
 ) -> list[TierNodes]:
     """Each tier of the mix with the deepest branch its memory trains (as a node profiles)."""
+    tiers_path = tiers_path or tiers_file(spec.tiers)
     tiers = load_tiers(tiers_path)
     tier_mix = tier_mix or default_tier_mix(tiers)
     counts = FederationConfig(tier_mix=tier_mix).tier_counts()
@@ -96,7 +96,8 @@ def tier_nodes(
         if depth is None:
             raise FamflowError(
                 f"No branch of {spec.name} trains in tier {name}'s {tier.memory_gb} GiB at batch "
-                f"{batch_size} x {seq_len}: give the tier more memory-gb."
+                f"{batch_size} x {seq_len} ({tiers_path}): give the tier more memory-gb, or "
+                "pass --tiers FILE with tiers sized for this model."
             )
         nodes.append(TierNodes(name, depth, spec.exit_label(depth), tier.rank, clients))
     if not nodes:
@@ -111,7 +112,7 @@ def dense_parameters(spec: ModelSpec) -> int:
 
 def famflow_rank(rule: str, node: TierNodes, nodes: list[TierNodes]) -> int:
     """A node's LoRA rank under ``rule``: its tier's, or the mix's largest for fedit and ffa."""
-    return node.rank if rule in HETEROGENEOUS_RULES else max(n.rank for n in nodes)
+    return node.rank if RULES[rule].mixed_ranks else max(n.rank for n in nodes)
 
 
 def _rows(
@@ -178,7 +179,7 @@ def analytic_rows(
             for node in nodes:
                 rank = famflow_rank(rule, node, nodes)
                 exchanged = shapes.exchanged(
-                    node.exit, rank, rule != "ffa", exit_adapters, own_exit
+                    node.exit, rank, RULES[rule].exchanges_a, exit_adapters, own_exit
                 )
                 per_client[node.tier] = (message_bytes(exchanged, codec), rank)
             rows += _rows("famflow", rule, codec, nodes, per_client, gradient)

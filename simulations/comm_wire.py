@@ -16,10 +16,10 @@ from functools import cache
 
 import numpy as np
 
-from familial.codecs import SCALE_SUFFIX, WIRE_DTYPES, int8_scale_shape
-from familial.loading import build_meta_branch
-from familial.lora import LoraSettings, attach_lora, lora_state, trainable_state
-from familial.presets import ModelSpec
+from famflow.familial.codecs import SCALE_SUFFIX, WIRE_DTYPES, int8_scale_shape
+from famflow.familial.loading import build_meta_branch
+from famflow.familial.lora import LoraSettings, attach_lora, lora_state, trainable_state
+from famflow.familial.presets import ModelSpec
 
 Shapes = dict[str, tuple[int, ...]]
 

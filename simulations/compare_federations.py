@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from familial.paths import REPO_ROOT
+from famflow.federation.config import FederationConfig
 
 SCENARIOS: dict[str, dict[str, Any]] = {
     "mixed-fedit": {"rule": "fedit"},
@@ -37,8 +37,8 @@ SCENARIOS: dict[str, dict[str, Any]] = {
 
 
 def base_run_config() -> dict[str, Any]:
-    pyproject = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
-    return dict(pyproject["tool"]["flwr"]["app"]["config"])
+    """The demo's run config: the defaults pyproject.toml's app section holds."""
+    return FederationConfig().to_run_config()
 
 
 def parse_value(text: str) -> Any:
@@ -50,7 +50,7 @@ def parse_value(text: str) -> Any:
 
 def union_validation(config: Any) -> torch.Tensor:
     """The first ``eval_blocks`` held-out blocks of every node's partition, one tensor."""
-    from clients.task import get_data
+    from famflow.clients.task import get_data
 
     nodes = config.node_count()
     return torch.cat([get_data(config, p).validation[: config.eval_blocks] for p in range(nodes)])
@@ -58,10 +58,9 @@ def union_validation(config: Any) -> torch.Tensor:
 
 def exported_perplexity(run_config: dict[str, Any]) -> dict[str, float]:
     """Every exported exit evaluated on the union of the nodes' held-out blocks."""
-    from familial.evaluation import evaluate
-    from familial.federation_config import FederationConfig
-    from familial.local_training import load_trained_branch
-    from familial.presets import resolve_model
+    from famflow.familial.evaluation import evaluate
+    from famflow.familial.local_training import load_trained_branch
+    from famflow.familial.presets import resolve_model
 
     config = FederationConfig.from_run_config(run_config)
     spec = resolve_model(config.model)
@@ -77,10 +76,9 @@ def exported_perplexity(run_config: dict[str, Any]) -> dict[str, float]:
 def federate(run_config: dict[str, Any]) -> dict[str, Any]:
     from flwr.simulation import run_simulation
 
-    from clients.client_app import make_client_app
-    from familial.federation_config import FederationConfig
-    from server.records import read_rows
-    from server.server_app import make_server_app
+    from famflow.clients.client_app import make_client_app
+    from famflow.server.records import read_rows
+    from famflow.server.server_app import make_server_app
 
     nodes = FederationConfig.from_run_config(run_config).node_count()
     start = time.perf_counter()
@@ -109,7 +107,7 @@ def federate(run_config: dict[str, Any]) -> dict[str, Any]:
 def federation_steps(config: Any) -> int:
     """The local steps a federation trains in all: per round, each tier's sampled nodes (a
     ``fraction-train`` share, at least one) times the tier's local steps."""
-    from strategies.familial_strategy import tier_sample_size
+    from famflow.strategies.familial_strategy import tier_sample_size
 
     per_round = sum(
         tier_sample_size(config.fraction_train, count) * config.local_steps_of(tier)
@@ -124,12 +122,11 @@ def train_locally(run_config: dict[str, Any], steps: int | None = None) -> dict[
     ``steps`` defaults to the federation's total (``federation_steps``). The translators
     are calibrated first on as many blocks as the federation's deepest-branch holders use.
     """
-    from clients.task import get_data, node_profile
-    from familial.federation_config import FederationConfig
-    from familial.local_training import train_branch
-    from familial.lora import LoraSettings
-    from familial.presets import resolve_model
-    from familial.training import TrainConfig
+    from famflow.clients.task import get_data, node_profile
+    from famflow.familial.local_training import train_branch
+    from famflow.familial.lora import LoraSettings
+    from famflow.familial.presets import resolve_model
+    from famflow.familial.training import TrainConfig
 
     config = FederationConfig.from_run_config(run_config)
     spec = resolve_model(config.model)
@@ -176,7 +173,7 @@ def main() -> None:
     parser.add_argument(
         "--train-local-steps", type=int, default=None, help="default: the federation's total"
     )
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "runs" / "compare")
+    parser.add_argument("--out", type=Path, default=Path("runs") / "compare")
     args = parser.parse_args()
     overrides = dict(item.split("=", 1) for item in args.set)
     results = {}

@@ -25,9 +25,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from familial.errors import FamflowError
-from strategies.robust import _leading, changes
-from strategies.rules.base import AggregationRule, ClientUpdate, State
+from famflow.familial.errors import FamflowError
+from famflow.strategies.robust import _leading, changes
+from famflow.strategies.rules.base import AggregationRule, ClientUpdate, State
 
 
 @dataclass(frozen=True)
@@ -98,3 +98,16 @@ def central_dp_updates(
         )
         for update, base, delta in zip(updates, sent, deltas, strict=True)
     ]
+
+
+def central_epsilon(noise: float, rounds: int, delta: float) -> float:
+    """User-level epsilon after ``rounds`` rounds of central DP at noise multiplier ``noise``.
+
+    Each round releases every key's sum of clipped changes (norm <= C per node, all keys
+    together) plus Gaussian noise of std ``noise * C``: the Gaussian mechanism, composed over
+    rounds by Opacus' RDP accountant. No sampling amplification is credited, since a node may
+    be chosen every round.
+    """
+    from famflow.familial.privacy import epsilon  # Opacus' accountant: imported when asked
+
+    return epsilon([(noise, 1.0, rounds)], delta)

@@ -21,15 +21,15 @@ from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from familial.codecs import encode
-from familial.errors import FamflowError
-from strategies.central_dp import CentralDPSettings, central_dp_updates
-from strategies.records import from_record, to_record
-from strategies.robust import RobustSettings, robust_updates
-from strategies.rules import AggregationRule, ClientUpdate
-from strategies.rules.base import State
-from strategies.server_step import server_step
-from strategies.validation import (
+from famflow.familial.codecs import encode
+from famflow.familial.errors import FamflowError
+from famflow.strategies.central_dp import CentralDPSettings, central_dp_updates
+from famflow.strategies.records import from_record, to_record
+from famflow.strategies.robust import RobustSettings, robust_updates
+from famflow.strategies.rules import AggregationRule, ClientUpdate
+from famflow.strategies.rules.base import State
+from famflow.strategies.server_step import server_step
+from famflow.strategies.validation import (
     ReplyError,
     ReplyLimits,
     check_metrics,

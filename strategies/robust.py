@@ -27,8 +27,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from familial.errors import FamflowError
-from strategies.rules.base import ClientUpdate, State
+from famflow.familial.errors import FamflowError
+from famflow.strategies.rules.base import ClientUpdate, State
 
 ROBUST_METHODS: tuple[str, ...] = ("none", "clip", "trimmed-mean", "median")
 

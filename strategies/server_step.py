@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from strategies.rules.base import State, copy_state, dense_keys, lora_modules, lora_rank
-from strategies.rules.flexlora import factored_svd, truncated_factors
+from famflow.strategies.rules.base import State, copy_state, dense_keys, lora_modules, lora_rank
+from famflow.strategies.rules.flexlora import factored_svd, truncated_factors
 
 
 def server_step(old: State, aggregate: State, server_lr: float, on_products: bool) -> State:

@@ -29,11 +29,11 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, MessageType, MetricRecord, RecordDict
 from numpy.lib import format as npy
 
-from familial.codecs import SCALE_SUFFIX, WIRE_DTYPES, decode, int8_scale_shape
-from familial.errors import FamflowError
-from strategies.robust import change_rms
-from strategies.rules import AggregationRule, ClientUpdate
-from strategies.rules.base import State
+from famflow.familial.codecs import SCALE_SUFFIX, WIRE_DTYPES, decode, int8_scale_shape
+from famflow.familial.errors import FamflowError
+from famflow.strategies.robust import change_rms
+from famflow.strategies.rules import AggregationRule, ClientUpdate
+from famflow.strategies.rules.base import State
 
 REASONS: dict[str, str] = {
     "client-error": "the node's ClientApp failed (Flower error reply)",

@@ -19,9 +19,10 @@ from transformers import (
     Qwen3Config,
 )
 
-from familial.config import ExitAdapterConfig, FamilyConfig
-from familial.paths import REPO_ROOT
-from familial.presets import ModelSpec
+from famflow.familial.config import ExitAdapterConfig, FamilyConfig
+from famflow.familial.presets import ModelSpec
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 TINY_SHAPE = {
     "vocab_size": 128,

@@ -8,8 +8,8 @@ from typing import Any
 from flwr.clientapp.typing import Mod
 from flwr.simulation import run_simulation
 
-from clients.client_app import make_client_app
-from server.server_app import make_server_app
+from famflow.clients.client_app import make_client_app
+from famflow.server.server_app import make_server_app
 
 PRESET = """
 name = "tiny3"

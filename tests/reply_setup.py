@@ -12,10 +12,10 @@ from typing import Any
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
-from familial.codecs import decode, encode
-from strategies.familial_strategy import FamilialStrategy, NodePlan
-from strategies.records import from_record, to_record
-from strategies.rules import AggregationRule, FlexLoRA
+from famflow.familial.codecs import decode, encode
+from famflow.strategies.familial_strategy import FamilialStrategy, NodePlan
+from famflow.strategies.records import from_record, to_record
+from famflow.strategies.rules import AggregationRule, FlexLoRA
 
 RANK, IN, OUT, HIDDEN = 4, 12, 10, 6
 SHALLOW = (11, 12, 13)

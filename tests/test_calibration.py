@@ -2,16 +2,16 @@ import numpy as np
 import pytest
 import torch
 
-from familial import ExitAdapterConfig, FamflowError
-from familial.calibration import (
+from famflow.familial import ExitAdapterConfig, FamflowError
+from famflow.familial.calibration import (
     LensStatistics,
     calibratable_exits,
     calibrate,
     lens_statistics,
     solve_translator,
 )
-from familial.loading import load_branch
-from familial.lora import LoraSettings, attach_lora
+from famflow.familial.loading import load_branch
+from famflow.familial.lora import LoraSettings, attach_lora
 from tests.conftest import random_spec
 
 FULL = ExitAdapterConfig(norm=True, translator="full")

@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
-from familial.errors import FamflowError
-from strategies.central_dp import CentralDPSettings, central_dp_updates, holder_counts
-from strategies.rules import get_rule
-from strategies.rules.base import ClientUpdate
+from famflow.familial.errors import FamflowError
+from famflow.strategies.central_dp import CentralDPSettings, central_dp_updates, holder_counts
+from famflow.strategies.rules import get_rule
+from famflow.strategies.rules.base import ClientUpdate
 
 SIZE = 40_000
 NOISE, CLIP = 2.0, 0.5
@@ -75,7 +75,7 @@ def test_off_and_bad_settings():
 def test_central_epsilon_is_opacus_gaussian_mechanism_composed_over_rounds():
     from opacus.accountants import RDPAccountant
 
-    from familial.privacy import central_epsilon
+    from famflow.strategies.central_dp import central_epsilon
 
     rdp = RDPAccountant()
     for _ in range(3):
@@ -93,7 +93,7 @@ def test_central_epsilon_is_opacus_gaussian_mechanism_composed_over_rounds():
 def test_an_epsilon_is_stated_only_where_the_noised_mean_is_what_the_server_uses(
     rule, robust, words
 ):
-    from strategies.central_dp import unstated_guarantee
+    from famflow.strategies.central_dp import unstated_guarantee
 
     reason = unstated_guarantee(get_rule(rule), robust)
     assert reason is None if words is None else words in reason

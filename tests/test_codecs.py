@@ -3,8 +3,8 @@ import pytest
 import torch
 from numpy.testing import assert_array_equal
 
-from familial.codecs import CODECS, SCALE_SUFFIX, decode, encode, encoded_bytes
-from familial.errors import FamflowError
+from famflow.familial.codecs import CODECS, SCALE_SUFFIX, decode, encode, encoded_bytes
+from famflow.familial.errors import FamflowError
 
 A, B, NORM = "trunk.3.self_attn.q_proj.A", "trunk.3.self_attn.q_proj.B", "exit.2.norm.weight"
 

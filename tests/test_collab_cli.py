@@ -5,8 +5,8 @@ import re
 import pytest
 import torch
 
-from familial.cli import main
-from familial.presets import resolve_model
+from famflow.__main__ import main
+from famflow.familial.presets import resolve_model
 from tests.conftest import load_benchmark
 
 
@@ -91,9 +91,15 @@ def test_benchmark_core_on_the_tiny_preset():
 
 
 def test_cli_choices_match_the_library():
-    """The parser keeps its own copies (it builds without importing torch)."""
-    from familial import cli
-    from familial.collab import compare, protocol
+    """The parser reads the library's registries, and builds without importing torch."""
+    import subprocess
+    import sys
+
+    import famflow.__main__ as cli
+    from famflow.collab import protocol, settings
 
     assert cli.HIDDEN_CODECS == protocol.HIDDEN_CODECS
-    assert cli.MODES == compare.MODES and cli.TRANSPORTS == compare.TRANSPORTS
+    assert cli.MODES == settings.MODES and cli.TRANSPORTS == settings.TRANSPORTS
+    probe = "import sys, famflow.__main__ as m; m.build_parser(); print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert done.stdout.strip() == "False", done.stderr

@@ -5,15 +5,15 @@ import struct
 import pytest
 import torch
 
-from familial import FamflowError
-from familial.collab.codec import ProtocolError, decode_rows, encode_rows, payload_size
-from familial.collab.protocol import (
+from famflow.collab.codec import ProtocolError, decode_rows, encode_rows, payload_size
+from famflow.collab.protocol import (
     REPLY_HEADER,
     REQUEST_HEADER,
     HiddenRequest,
     TierReply,
     TraceEntry,
 )
+from famflow.familial import FamflowError
 
 ROWS, COLS = 7, 48
 

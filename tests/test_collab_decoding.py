@@ -7,8 +7,7 @@ tiers see, so only fp32 can promise the full model's greedy output token for tok
 import pytest
 import torch
 
-from familial import ExitAdapterConfig
-from familial.collab import (
+from famflow.collab import (
     RouteModels,
     TierNode,
     build_nodes,
@@ -16,9 +15,10 @@ from familial.collab import (
     local_chain,
     speculative_generate,
 )
-from familial.collab.protocol import HiddenRequest, TierReply
-from familial.inference import generate
-from familial.loading import from_dense_state_dict
+from famflow.collab.protocol import HiddenRequest, TierReply
+from famflow.familial import ExitAdapterConfig
+from famflow.familial.inference import generate
+from famflow.familial.loading import from_dense_state_dict
 from tests.conftest import spec_for, tiny_config, tiny_hf_model
 
 EXITS = [2, 4, 6]

@@ -3,17 +3,16 @@
 import pytest
 import torch
 
-from familial import ExitAdapterConfig, FamflowError
-from familial.collab import (
+from famflow.collab import (
     build_nodes,
     load_route_models,
     local_chain,
     parse_route,
     speculative_generate,
 )
-from familial.collab.agreement import exit_agreement
-from familial.collab.decoding import CollabResult, Round
-from familial.collab.latency import (
+from famflow.collab.agreement import exit_agreement
+from famflow.collab.decoding import CollabResult, Round
+from famflow.collab.latency import (
     Link,
     acceptance_for_speedup,
     cloud_only_latency,
@@ -21,14 +20,15 @@ from familial.collab.latency import (
     collaborative_latency,
     per_hop,
 )
-from familial.collab.protocol import TraceEntry
-from familial.collab.route import tier_names
-from familial.family_io import save_exit_adapters
-from familial.inference import generate
-from familial.loading import load_branch
-from familial.local_training import load_trained_branch
-from familial.lora import LoraSettings, attach_lora, lora_state
-from familial.peft_export import save_peft_adapter
+from famflow.collab.protocol import TraceEntry
+from famflow.collab.route import tier_names
+from famflow.familial import ExitAdapterConfig, FamflowError
+from famflow.familial.family_io import save_exit_adapters
+from famflow.familial.inference import generate
+from famflow.familial.loading import load_branch
+from famflow.familial.local_training import load_trained_branch
+from famflow.familial.lora import LoraSettings, attach_lora, lora_state
+from famflow.familial.peft_export import save_peft_adapter
 from tests.conftest import random_spec
 
 

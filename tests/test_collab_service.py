@@ -7,7 +7,7 @@ import urllib.request
 import pytest
 import torch
 
-from familial.collab import (
+from famflow.collab import (
     ProtocolError,
     RouteModels,
     TierService,
@@ -17,9 +17,9 @@ from familial.collab import (
     http_chain,
     speculative_generate,
 )
-from familial.collab.protocol import HiddenRequest, TierReply
-from familial.collab.transport import HIDDEN_PATH, HttpTransport
-from familial.inference import generate
+from famflow.collab.protocol import HiddenRequest, TierReply
+from famflow.collab.transport import HIDDEN_PATH, HttpTransport
+from famflow.familial.inference import generate
 from tests.test_collab_decoding import EXITS, agreeable_family, prompts
 
 

@@ -5,16 +5,16 @@ import math
 import numpy as np
 import pytest
 
-from familial.cli import main
-from familial.codecs import CODECS, encode
-from familial.federation_config import RULES, FederationConfig
-from familial.paths import REPO_ROOT
-from familial.presets import resolve_model
-from server.records import RoundRecorder
-from simulations.comm_run import measured_rows, read_run, run_settings, training_rounds
-from simulations.comm_schemes import TOTAL, analytic_rows, famflow_rank, tier_nodes
-from simulations.comm_wire import FamilyShapes, message_bytes
-from strategies.records import to_record
+from famflow.__main__ import main
+from famflow.familial.codecs import CODECS, encode
+from famflow.familial.paths import shipped_configs
+from famflow.familial.presets import resolve_model
+from famflow.federation.config import RULES, FederationConfig
+from famflow.server.records import RoundRecorder
+from famflow.simulations.comm_run import measured_rows, read_run, run_settings, training_rounds
+from famflow.simulations.comm_schemes import TOTAL, analytic_rows, famflow_rank, tier_nodes
+from famflow.simulations.comm_wire import FamilyShapes, message_bytes
+from famflow.strategies.records import to_record
 from tests.federation_setup import run_config, simulate
 
 # LoRA on q,k,v,o,gate,up,down of a Qwen2.5-7B-shaped layer: rank x (sum of in + out).
@@ -46,10 +46,9 @@ def test_wire_bytes_are_what_flower_counts_for_every_codec():
 
 
 def test_analytic_plans_match_the_servers_node_plans(root):
-    from server.plans import HETEROGENEOUS_RULES, node_plans
-    from simulations.comm_schemes import HETEROGENEOUS_RULES as ANALYTIC_HETEROGENEOUS
+    from famflow.server.plans import node_plans
+    from famflow.strategies.rules import RULES as RULE_REGISTRY
 
-    assert ANALYTIC_HETEROGENEOUS == HETEROGENEOUS_RULES
     spec = resolve_model("tiny3")
     nodes = tier_nodes(spec, "device:1,edge:1,cloud:1", batch_size=4, seq_len=16)
     assert [(n.tier, n.exit, n.rank) for n in nodes] == [
@@ -69,14 +68,15 @@ def test_analytic_plans_match_the_servers_node_plans(root):
             for i, node in enumerate(nodes):
                 rank = famflow_rank(rule, node, nodes)
                 assert plans[i].rank == rank
-                exchanged = shapes.exchanged(node.exit, rank, rule != "ffa", adapters)
+                lora_a = RULE_REGISTRY[rule].exchanges_a
+                exchanged = shapes.exchanged(node.exit, rank, lora_a, adapters)
                 assert tuple(sorted(exchanged)) == plans[i].keys
 
 
 def test_ruyi_7b_figures_match_lora_per_layer_and_full_gradients():
     spec = resolve_model("ruyi-7b")
     nodes = tier_nodes(
-        spec, "E3B:1,E5B:1,E7B:1", REPO_ROOT / "configs" / "hardware" / "ruyi-tiers.toml"
+        spec, "E3B:1,E5B:1,E7B:1", shipped_configs() / "hardware" / "ruyi-tiers.toml"
     )
     assert [(n.tier, n.exit, n.rank) for n in nodes] == [
         ("E3B", 12, 4),

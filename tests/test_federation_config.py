@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from familial.errors import FamflowError
-from familial.federation_config import FederationConfig
+from famflow.familial.errors import FamflowError
+from famflow.federation.config import FederationConfig
 
 PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
 

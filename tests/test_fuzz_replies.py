@@ -8,11 +8,11 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from familial.codecs import CODECS, SCALE_SUFFIX
-from strategies.records import from_record, to_record
-from strategies.robust import ROBUST_METHODS, RobustSettings
-from strategies.rules import FFA, FlexLoRA, HetLoRA
-from strategies.validation import ReplyLimits
+from famflow.familial.codecs import CODECS, SCALE_SUFFIX
+from famflow.strategies.records import from_record, to_record
+from famflow.strategies.robust import ROBUST_METHODS, RobustSettings
+from famflow.strategies.rules import FFA, FlexLoRA, HetLoRA
+from famflow.strategies.validation import ReplyLimits
 from tests.reply_setup import (
     DEEP,
     SHALLOW,

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from familial.cli import main
-from familial.sizing import model_info
+from famflow.__main__ import main
+from famflow.familial.sizing import model_info
 
 RUYI_BRANCHES_B = {12: 3.89, 16: 4.82, 20: 5.75, 24: 6.68, 28: 7.62}
 LORA_PER_QWEN25_7B_LAYER = 90_112

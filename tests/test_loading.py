@@ -4,11 +4,11 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from familial import ExitAdapterConfig, FamflowError
-from familial.cli import main
-from familial.family_io import save_exit_adapters
-from familial.loading import load_branch
-from familial.presets import resolve_model, spec_from_path
+from famflow.__main__ import main
+from famflow.familial import ExitAdapterConfig, FamflowError
+from famflow.familial.family_io import save_exit_adapters
+from famflow.familial.loading import load_branch
+from famflow.familial.presets import resolve_model, spec_from_path
 from tests.conftest import spec_for, tiny_config, tiny_hf_model, truncated
 
 ADAPTERS = {"norm": True, "translator": "low-rank", "translator_rank": 4}

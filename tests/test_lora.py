@@ -6,19 +6,19 @@ from peft import PeftModel
 from torch.testing import assert_close
 from transformers import AutoModelForCausalLM
 
-from familial import ExitAdapterConfig, FamflowError
-from familial.family_io import save_exit_adapters
-from familial.loading import _random_state_dict, load_branch
-from familial.lora import (
+from famflow.familial import ExitAdapterConfig, FamflowError
+from famflow.familial.family_io import save_exit_adapters
+from famflow.familial.loading import _random_state_dict, load_branch
+from famflow.familial.lora import (
     LoraSettings,
     attach_lora,
     load_trainable_state,
     lora_state,
     trainable_state,
 )
-from familial.peft_export import load_peft_adapter, save_peft_adapter
-from familial.presets import spec_from_path
-from familial.sizing import DEFAULT_LORA_TARGETS
+from famflow.familial.peft_export import load_peft_adapter, save_peft_adapter
+from famflow.familial.presets import spec_from_path
+from famflow.familial.sizing import DEFAULT_LORA_TARGETS
 from tests.conftest import random_spec, truncated
 from tests.test_ruyi import ruyi_tensors, write_ruyi_checkpoint
 

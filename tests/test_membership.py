@@ -6,11 +6,11 @@ from uuid import uuid4
 
 from flwr.app import ConfigRecord, Message, RecordDict
 
-from familial.federation_config import FederationConfig
-from server.membership import refresh_nodes
-from server.plans import node_plans
-from strategies.familial_strategy import FamilialStrategy
-from strategies.rules import get_rule
+from famflow.federation.config import FederationConfig
+from famflow.server.membership import refresh_nodes
+from famflow.server.plans import node_plans
+from famflow.strategies.familial_strategy import FamilialStrategy
+from famflow.strategies.rules import get_rule
 
 DEVICE = {"tier": "device", "exit": 1, "rank": 2, "device": "cpu"}
 CLOUD = {"tier": "cloud", "exit": 4, "rank": 8, "device": "cpu"}

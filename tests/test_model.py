@@ -2,9 +2,9 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from familial import ExitAdapterConfig, FamflowError
-from familial.inference import generate
-from familial.loading import from_dense_state_dict
+from famflow.familial import ExitAdapterConfig, FamflowError
+from famflow.familial.inference import generate
+from famflow.familial.loading import from_dense_state_dict
 from tests.conftest import spec_for, tiny_config, tiny_hf_model, truncated
 
 EXITS = [1, 2, 4]

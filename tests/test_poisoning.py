@@ -15,9 +15,9 @@ import pytest
 from flwr.app import Array, Context, Error, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from clients.client_app import make_client_app
-from familial.federation_config import FederationConfig
-from server.federation import run_federation
+from famflow.clients.client_app import make_client_app
+from famflow.federation.config import FederationConfig
+from famflow.server.federation import run_federation
 from tests.federation_setup import run_config, write_federation_files
 
 pytestmark = pytest.mark.slow

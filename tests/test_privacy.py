@@ -3,13 +3,12 @@ import torch
 from flwr.app import Context, RecordDict
 from opacus.accountants import RDPAccountant
 
-from clients.task import DP_STATE, dp_history, store_dp_history
-from familial import ExitAdapterConfig, FamflowError
-from familial.loading import load_branch
-from familial.lora import LoraSettings, attach_lora, trainable_state
-from familial.privacy import (
+from famflow.clients.task import DP_STATE, dp_history, store_dp_history
+from famflow.familial import ExitAdapterConfig, FamflowError
+from famflow.familial.loading import load_branch
+from famflow.familial.lora import LoraSettings, attach_lora, trainable_state
+from famflow.familial.privacy import (
     DPConfig,
-    central_epsilon,
     check_budget,
     epsilon,
     extended,
@@ -17,8 +16,9 @@ from familial.privacy import (
     history_to_config,
     train_private,
 )
-from familial.tokenizer import byte_tokenizer
-from familial.training import TrainConfig, train
+from famflow.familial.tokenizer import byte_tokenizer
+from famflow.familial.training import TrainConfig, train
+from famflow.strategies.central_dp import central_epsilon
 from tests.conftest import random_spec
 
 TEXT = "Shall I compare thee to a summer's day? Thou art more lovely and more temperate. " * 8
@@ -146,7 +146,7 @@ def spend_node_0(message, context, call_next):
 
 @pytest.mark.slow
 def test_a_federation_with_dp_completes_and_a_spent_client_is_dropped(root):
-    from server.records import read_rows
+    from famflow.server.records import read_rows
     from tests.federation_setup import run_config, simulate
 
     config = run_config(

@@ -1,5 +1,5 @@
-from familial.federation_config import FederationConfig
-from server.report import format_report
+from famflow.federation.config import FederationConfig
+from famflow.server.report import format_report
 
 
 def row(server_round, perplexity, seconds, train_seconds):

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose
 
-from familial.errors import FamflowError
-from familial.federation_config import ROBUST
-from strategies.robust import (
+from famflow.familial.errors import FamflowError
+from famflow.federation.config import ROBUST
+from famflow.strategies.robust import (
     ROBUST_METHODS,
     RobustSettings,
     change_rms,
@@ -12,7 +12,7 @@ from strategies.robust import (
     coordinate_center,
     robust_updates,
 )
-from strategies.rules import FFA, ClientUpdate, FedIT, FlexLoRA, HetLoRA
+from famflow.strategies.rules import FFA, ClientUpdate, FedIT, FlexLoRA, HetLoRA
 
 IN, OUT, HIDDEN, GLOBAL_RANK = 7, 5, 3, 4
 

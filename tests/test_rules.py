@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 
-from familial.errors import FamflowError
-from strategies.rules import (
+from famflow.familial.errors import FamflowError
+from famflow.strategies.rules import (
     FFA,
     RULES,
     ClientUpdate,
@@ -16,7 +16,7 @@ from strategies.rules import (
     lora_products,
     weighted_mean_per_key,
 )
-from strategies.server_step import server_step
+from famflow.strategies.server_step import server_step
 
 IN, OUT, HIDDEN = 12, 10, 6
 GLOBAL_RANK = 8
@@ -288,7 +288,7 @@ def test_flexlora_from_changes_keeps_what_low_rank_starts_could_not_carry():
 
 
 def test_flexlora_reads_its_own_global_without_an_svd_and_folds_truncated_starts_into_it():
-    from strategies.rules.flexlora import _kept_by_starts, factored_svd, stored_svd
+    from famflow.strategies.rules.flexlora import _kept_by_starts, factored_svd, stored_svd
 
     fresh = global_state()
     assert stored_svd(fresh[f"{module(0)}.B"], fresh[f"{module(0)}.A"]) is None
@@ -456,7 +456,7 @@ def test_flexlora_server_step_is_the_best_global_rank_fit_of_the_stepped_product
 
 
 def test_flexlora_svd_falls_back_to_the_transpose_when_lapack_does_not_converge(monkeypatch):
-    from strategies.rules import flexlora
+    from famflow.strategies.rules import flexlora
 
     rng = np.random.default_rng(0)
     b, a = rng.normal(size=(12, 4)), rng.normal(size=(4, 10))
@@ -479,7 +479,7 @@ def test_flexlora_svd_falls_back_to_the_transpose_when_lapack_does_not_converge(
 
 @pytest.mark.parametrize(("rule", "ranks"), [("flexlora", [2, 4, 8]), ("fedit", [8, 8, 8])])
 def test_server_aggregation_benchmark_runs_every_tier_at_its_rank(root, rule, ranks):
-    from familial.federation_config import FederationConfig
+    from famflow.federation.config import FederationConfig
     from tests.conftest import load_benchmark
     from tests.federation_setup import run_config
 

@@ -8,8 +8,8 @@ from safetensors.torch import save_file
 from torch.testing import assert_close
 from transformers import Qwen2ForCausalLM
 
-from familial.loading import build_meta_branch, load_branch
-from familial.presets import spec_from_path
+from famflow.familial.loading import build_meta_branch, load_branch
+from famflow.familial.presets import spec_from_path
 from tests.conftest import TINY_SHAPE, tiny_config, tiny_hf_model
 
 EXIT_POINTS = [1, 3]  # Ruyi's numbering: 0-based index of the last layer run

@@ -2,11 +2,11 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 
-from familial.codecs import decode, encode
-from strategies.familial_strategy import FamilialStrategy, NodePlan
-from strategies.records import from_record, to_record
-from strategies.rules import FedIT, FlexLoRA
-from strategies.rules.base import ClientUpdate
+from famflow.familial.codecs import decode, encode
+from famflow.strategies.familial_strategy import FamilialStrategy, NodePlan
+from famflow.strategies.records import from_record, to_record
+from famflow.strategies.rules import FedIT, FlexLoRA
+from famflow.strategies.rules.base import ClientUpdate
 
 RANK, IN, OUT = 4, 48, 40
 KEYS = ("trunk.0.mlp.up_proj.A", "trunk.0.mlp.up_proj.B")

@@ -3,9 +3,9 @@ import json
 import pytest
 from safetensors.torch import load_file
 
-from familial.cli import main
-from familial.loading import load_branch
-from familial.presets import load_preset
+from famflow.__main__ import main
+from famflow.familial.loading import load_branch
+from famflow.familial.presets import load_preset
 
 TEXT = "Now is the winter of our discontent made glorious summer by this sun of York.\n" * 40
 TINY_WITH_ADAPTERS = """

@@ -5,12 +5,12 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from familial import ExitAdapterConfig, FamflowError
-from familial.evaluation import evaluate
-from familial.loading import load_branch
-from familial.lora import LoraSettings, attach_lora, lora_state, trainable_state
-from familial.tokenizer import byte_tokenizer
-from familial.training import (
+from famflow.familial import ExitAdapterConfig, FamflowError
+from famflow.familial.evaluation import evaluate
+from famflow.familial.loading import load_branch
+from famflow.familial.lora import LoraSettings, attach_lora, lora_state, trainable_state
+from famflow.familial.tokenizer import byte_tokenizer
+from famflow.familial.training import (
     TrainConfig,
     cosine_schedule,
     distillation_loss,

@@ -8,16 +8,21 @@ from flwr.app import Array, ConfigRecord, Context, Error, Message, RecordDict
 from numpy.lib import format as npy
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from familial.errors import FamflowError
-from familial.federation_config import FederationConfig
-from server.federation import round_row
-from server.profiles import usable_profiles
-from server.records import RoundRecorder
-from server.server_app import DropRunStoppedTraceback, RunStopped, log_progress, make_server_app
-from strategies.familial_strategy import RoundTraffic
-from strategies.records import to_record
-from strategies.rules import FFA
-from strategies.validation import REASONS, ReplyLimits
+from famflow.familial.errors import FamflowError
+from famflow.federation.config import FederationConfig
+from famflow.server.federation import round_row
+from famflow.server.profiles import usable_profiles
+from famflow.server.records import RoundRecorder
+from famflow.server.server_app import (
+    DropRunStoppedTraceback,
+    RunStopped,
+    log_progress,
+    make_server_app,
+)
+from famflow.strategies.familial_strategy import RoundTraffic
+from famflow.strategies.records import to_record
+from famflow.strategies.rules import FFA
+from famflow.strategies.validation import REASONS, ReplyLimits
 from tests.federation_setup import TIERS, run_config
 from tests.reply_setup import (
     DEEP,

@@ -11,12 +11,12 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from familial.data.config import CORPUS_NAMES, PARTITIONERS, DataConfig
-    from familial.data.corpus import CORPORA, describe_corpus, load_corpus, prepare_corpus
-    from familial.data.packing import split_blocks, tokenize_and_pack
-    from familial.data.partition import load_partition, partition_count
-    from familial.data.prepare import prepare_data
-    from familial.data.splits import TokenSplits
+    from famflow.familial.data.config import CORPUS_NAMES, PARTITIONERS, DataConfig
+    from famflow.familial.data.corpus import CORPORA, describe_corpus, load_corpus, prepare_corpus
+    from famflow.familial.data.packing import split_blocks, tokenize_and_pack
+    from famflow.familial.data.partition import load_partition, partition_count
+    from famflow.familial.data.prepare import prepare_data
+    from famflow.familial.data.splits import TokenSplits
 
 _EXPORTS = {
     "CORPUS_NAMES": "config",
@@ -53,4 +53,4 @@ __all__ = [
 def __getattr__(name: str) -> object:
     if name not in _EXPORTS:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"familial.data.{_EXPORTS[name]}"), name)
+    return getattr(importlib.import_module(f"famflow.familial.data.{_EXPORTS[name]}"), name)

@@ -17,9 +17,9 @@ from typing import Any
 
 from safetensors.torch import load_file, save_file
 
-from familial.data.config import DataConfig
-from familial.data.splits import TokenSplits
-from familial.paths import cache_root
+from famflow.familial.data.config import DataConfig
+from famflow.familial.data.splits import TokenSplits
+from famflow.familial.paths import cache_root
 
 FORMAT = 1
 

@@ -16,7 +16,7 @@ import yaml
 from datasets import Dataset
 from tqdm import tqdm
 
-from familial.errors import FamflowError
+from famflow.familial.errors import FamflowError
 
 logger = logging.getLogger("famflow.data")
 

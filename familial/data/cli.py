@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from familial.data.config import CORPUS_NAMES
+from famflow.familial.data.config import CORPUS_NAMES
 
 
 def cmd_data_prepare(args: argparse.Namespace) -> None:
-    from familial.data.corpus import describe_corpus, load_corpus, prepare_corpus
+    from famflow.familial.data.corpus import describe_corpus, load_corpus, prepare_corpus
 
     directory = prepare_corpus(args.name, progress=not args.quiet, archive=args.archive)
     dataset = load_corpus(args.name, archive=args.archive)

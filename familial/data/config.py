@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from familial.errors import FamflowError
+from famflow.familial.errors import FamflowError
 
 PARTITIONERS: tuple[str, ...] = ("iid", "dirichlet", "natural")
 # The named corpora (familial.data.corpus.CORPORA); anything else is a local path.

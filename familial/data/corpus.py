@@ -11,11 +11,11 @@ from pathlib import Path
 
 from datasets import Dataset, load_from_disk
 
-from familial.data import chatterbot, shakespeare
-from familial.data.fetch import file_digest, pip_download
-from familial.data.local import load_local, looks_like_path, quiet_datasets
-from familial.errors import FamflowError
-from familial.paths import cache_root
+from famflow.familial.data import chatterbot, shakespeare
+from famflow.familial.data.fetch import file_digest, pip_download
+from famflow.familial.data.local import load_local, looks_like_path, quiet_datasets
+from famflow.familial.errors import FamflowError
+from famflow.familial.paths import cache_root
 
 logger = logging.getLogger("famflow.data")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from familial.errors import FamflowError
+from famflow.familial.errors import FamflowError
 
 logger = logging.getLogger("famflow.data")
 

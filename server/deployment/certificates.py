@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from familial.errors import FamflowError
+from famflow.familial.errors import FamflowError
 
 VALID_DAYS = 365
 

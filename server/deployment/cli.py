@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 def cmd_certs(args: argparse.Namespace) -> None:
-    from server.deployment.certificates import make_server_certificates
+    from famflow.server.deployment.certificates import make_server_certificates
 
     paths = make_server_certificates(args.out, args.host)
     print(f"CA certificate: {paths.ca_cert} (give it to every SuperNode and to flwr run)")
@@ -16,7 +16,7 @@ def cmd_certs(args: argparse.Namespace) -> None:
 
 
 def cmd_node_key(args: argparse.Namespace) -> None:
-    from server.deployment.certificates import make_node_key
+    from famflow.server.deployment.certificates import make_node_key
 
     for name in args.name:
         paths = make_node_key(args.out, name)
@@ -24,10 +24,17 @@ def cmd_node_key(args: argparse.Namespace) -> None:
 
 
 def cmd_connection(args: argparse.Namespace) -> None:
-    from server.deployment.connection import write_connection
+    from famflow.server.deployment.connection import write_connection
 
     path = write_connection(args.name, args.address, None if args.insecure else args.ca)
     print(f"connection {args.name} -> {args.address} written to {path}: flwr run . {args.name}")
+
+
+def cmd_app(args: argparse.Namespace) -> None:
+    from famflow.server.deployment.app import write_app
+
+    path = write_app(args.directory)
+    print(f"Flower app written to {path}: flwr run {args.directory} [CONNECTION]")
 
 
 def add_deploy_parser(sub: argparse._SubParsersAction) -> None:
@@ -60,3 +67,9 @@ def add_deploy_parser(sub: argparse._SubParsersAction) -> None:
     secure.add_argument("--ca", type=Path, help="CA certificate the SuperLink's is signed by")
     secure.add_argument("--insecure", action="store_true", help="no TLS (loopback trials only)")
     connection.set_defaults(run=cmd_connection)
+
+    app = steps.add_parser(
+        "app", help="a Flower app directory (pyproject.toml) that runs the installed famflow"
+    )
+    app.add_argument("directory", type=Path, help="where to write pyproject.toml")
+    app.set_defaults(run=cmd_app)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import tomli_w
 
-from familial.errors import FamflowError
+from famflow.familial.errors import FamflowError
 
 
 def flwr_config_file() -> Path:

@@ -20,9 +20,9 @@ from typing import Any
 
 import psutil
 
-from familial.paths import REPO_ROOT
-from server.deployment.certificates import NodeKey, make_node_key, make_server_certificates
-from server.deployment.connection import write_connection
+from famflow.server.deployment.app import write_app
+from famflow.server.deployment.certificates import NodeKey, make_node_key, make_server_certificates
+from famflow.server.deployment.connection import write_connection
 
 CONNECTION = "famflow-loopback"
 BIN = Path(sys.executable).parent
@@ -88,11 +88,13 @@ class Deployment:
         }
         self.port = free_port()
         self.certificates = make_server_certificates(self.root / "certs", ["127.0.0.1"])
+        # The app as an installed famflow runs it (no checkout needed).
+        self.app_dir = write_app(self.root / "app").parent
 
     def _start(self, command: list[str], log_name: str) -> subprocess.Popen[bytes]:
         log = (self.root / f"{log_name}.log").open("ab")
         process = subprocess.Popen(
-            command, env=self.env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT
+            command, env=self.env, cwd=self.root, stdout=log, stderr=subprocess.STDOUT
         )
         self.processes.append(process)
         return process
@@ -123,7 +125,7 @@ class Deployment:
         return subprocess.run(
             [str(BIN / "flwr"), *args],
             env=self.env,
-            cwd=REPO_ROOT,
+            cwd=self.root,
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -162,10 +164,11 @@ class Deployment:
 
     def run_command(self, run_config: dict[str, Any]) -> list[str]:
         config = " ".join(f"{k}={toml_value(v)}" for k, v in run_config.items())
-        return [str(BIN / "flwr"), "run", ".", CONNECTION, "--stream", "--run-config", config]
+        app = str(self.app_dir)
+        return [str(BIN / "flwr"), "run", app, CONNECTION, "--stream", "--run-config", config]
 
     def start_run(self, run_config: dict[str, Any], log_name: str) -> subprocess.Popen[bytes]:
-        """``flwr run . CONNECTION --stream``, in the background."""
+        """``flwr run APP CONNECTION --stream``, in the background."""
         return self._start(self.run_command(run_config), log_name)
 
     def serverapps(self) -> list[psutil.Process]:

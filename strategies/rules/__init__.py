@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from familial.errors import FamflowError
-from strategies.rules.base import AggregationRule, ClientUpdate, weighted_mean_per_key
-from strategies.rules.fedit import FedIT
-from strategies.rules.ffa import FFA
-from strategies.rules.flexlora import FlexLoRA, lora_products
-from strategies.rules.hetlora import HetLoRA
+from famflow.familial.errors import FamflowError
+from famflow.strategies.rules.base import AggregationRule, ClientUpdate, weighted_mean_per_key
+from famflow.strategies.rules.fedit import FedIT
+from famflow.strategies.rules.ffa import FFA
+from famflow.strategies.rules.flexlora import FlexLoRA, lora_products
+from famflow.strategies.rules.hetlora import HetLoRA
 
 RULES: dict[str, AggregationRule] = {
     rule.name: rule for rule in (FedIT(), FFA(), FlexLoRA(), HetLoRA())

@@ -15,7 +15,7 @@ from typing import Protocol
 
 import numpy as np
 
-from familial.errors import FamflowError
+from famflow.familial.errors import FamflowError
 
 logger = logging.getLogger("famflow.strategies")
 
@@ -57,6 +57,10 @@ class AggregationRule(Protocol):
     name: str
     # True where the rule averages each node's B x A product instead of the exchanged factors.
     on_products: bool
+    # False where A is frozen from the shared seed and never exchanged (only B travels).
+    exchanges_a: bool
+    # True where nodes may train different LoRA ranks (False: every node at the largest rank).
+    mixed_ranks: bool
 
     def validate(self, global_arrays: State, update: ClientUpdate) -> None:
         """Raise ``FamflowError`` if this update cannot be aggregated into ``global_arrays``."""

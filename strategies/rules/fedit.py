@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from familial.errors import FamflowError
-from strategies.rules.base import (
+from famflow.familial.errors import FamflowError
+from famflow.strategies.rules.base import (
     ClientUpdate,
     State,
     check_slice_keys,
@@ -28,6 +28,8 @@ class FedIT:
 
     name: str = "fedit"
     on_products: bool = False
+    exchanges_a: bool = True
+    mixed_ranks: bool = False
 
     def validate(self, global_arrays: State, update: ClientUpdate) -> None:
         check_update(global_arrays, update, self.name, same_rank=True, pairs=True)

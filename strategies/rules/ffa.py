@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from familial.errors import FamflowError
-from strategies.rules.base import (
+from famflow.familial.errors import FamflowError
+from famflow.strategies.rules.base import (
     ClientUpdate,
     State,
     check_update,
@@ -26,7 +26,7 @@ from strategies.rules.base import (
     require_one_scale,
     weighted_mean_per_key,
 )
-from strategies.rules.hetlora import slice_leading_ranks
+from famflow.strategies.rules.hetlora import slice_leading_ranks
 
 # A sent back may have been through a lossy codec (int8: 1/254 of the row's largest value).
 A_TOLERANCE = 1e-2
@@ -38,6 +38,8 @@ class FFA:
 
     name: str = "ffa"
     on_products: bool = False
+    exchanges_a: bool = False
+    mixed_ranks: bool = True
     a_tolerance: float = A_TOLERANCE
 
     def validate(self, global_arrays: State, update: ClientUpdate) -> None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from strategies.rules.base import (
+from famflow.strategies.rules.base import (
     ClientUpdate,
     State,
     check_global_pairs,
@@ -189,6 +189,8 @@ class FlexLoRA:
 
     name: str = "flexlora"
     on_products: bool = True
+    exchanges_a: bool = True
+    mixed_ranks: bool = True
     from_changes: bool = True
 
     def validate(self, global_arrays: State, update: ClientUpdate) -> None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from strategies.rules.base import (
+from famflow.strategies.rules.base import (
     ClientUpdate,
     State,
     check_global_pairs,
@@ -46,6 +46,8 @@ class HetLoRA:
 
     name: str = "hetlora"
     on_products: bool = False
+    exchanges_a: bool = True
+    mixed_ranks: bool = True
     norm_weighted: bool = False
 
     def validate(self, global_arrays: State, update: ClientUpdate) -> None:

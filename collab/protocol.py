@@ -28,7 +28,7 @@ from typing import Literal
 
 import torch
 
-from familial.collab.codec import (
+from famflow.collab.codec import (
     CODEC_IDS,
     HIDDEN_CODECS,
     ProtocolError,

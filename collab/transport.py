@@ -6,8 +6,8 @@ import urllib.error
 import urllib.request
 from typing import Protocol
 
-from familial.collab.codec import ProtocolError
-from familial.errors import FamflowError
+from famflow.collab.codec import ProtocolError
+from famflow.familial.errors import FamflowError
 
 HIDDEN_PATH = "/v1/hidden"
 CONTENT_TYPE = "application/octet-stream"

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import torch
 
-from familial.collab.route import RouteModels, build_nodes
+from famflow.collab.route import RouteModels, build_nodes
 
 
 def exit_agreement(

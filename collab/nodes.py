@@ -16,9 +16,9 @@ from torch import nn
 from transformers.cache_utils import DynamicCache
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
-from familial.errors import FamflowError
-from familial.exits import ExitHead
-from familial.model import FamilialLM
+from famflow.familial.errors import FamflowError
+from famflow.familial.exits import ExitHead
+from famflow.familial.model import FamilialLM
 
 MASK_FUNCTIONS = {
     "full_attention": create_causal_mask,

@@ -11,12 +11,11 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
-from familial.collab.decoding import CollabResult, early_exit_generate, speculative_generate
-from familial.collab.latency import (
+from famflow.collab.decoding import CollabResult, early_exit_generate, speculative_generate
+from famflow.collab.latency import (
     Link,
     cloud_only_bytes,
     cloud_only_latency,
@@ -24,31 +23,9 @@ from familial.collab.latency import (
     collaborative_latency,
     per_hop,
 )
-from familial.collab.route import RouteModels, build_nodes, http_chain, local_chain
-from familial.errors import FamflowError
-from familial.inference import generate
-
-Mode = Literal["speculative", "early-exit"]
-MODES = ("speculative", "early-exit")
-TRANSPORTS = ("local", "http")
-
-
-@dataclass
-class RouteSettings:
-    mode: Mode = "speculative"
-    draft_tokens: int = 4
-    codec: str = "fp16"
-    threshold: float = 0.9
-    transport: str = "local"
-    max_new_tokens: int = 24
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise FamflowError(f"Unknown mode {self.mode!r}: use one of {', '.join(MODES)}.")
-        if self.transport not in TRANSPORTS:
-            raise FamflowError(
-                f"Unknown transport {self.transport!r}: use one of {', '.join(TRANSPORTS)}."
-            )
+from famflow.collab.route import RouteModels, build_nodes, http_chain, local_chain
+from famflow.collab.settings import RouteSettings
+from famflow.familial.inference import generate
 
 
 @dataclass

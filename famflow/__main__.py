@@ -9,23 +9,20 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from familial.argtypes import non_negative_int, positive_int
-from familial.data.cli import add_data_parser
-from familial.errors import FamflowError
-from familial.train_cli import add_train_parsers
-from server.deployment.cli import add_deploy_parser
-from simulations.comm_cli import add_comm_parser
+from famflow.collab.codec import HIDDEN_CODECS
+from famflow.collab.settings import DEFAULT_LINKS, MODES, TRANSPORTS
+from famflow.familial.argtypes import non_negative_int, positive_int
+from famflow.familial.data.cli import add_data_parser
+from famflow.familial.errors import FamflowError
+from famflow.familial.train_cli import add_train_parsers
+from famflow.server.deployment.cli import add_deploy_parser
+from famflow.simulations.comm_cli import add_comm_parser
 
 if TYPE_CHECKING:
-    from familial.presets import ModelSpec
+    from famflow.familial.presets import ModelSpec
 
 logger = logging.getLogger("famflow")
 
-# Collaborative generation; kept here (no torch import) so that the parser builds fast.
-MODES = ("speculative", "early-exit")
-TRANSPORTS = ("local", "http")
-HIDDEN_CODECS = ("fp32", "fp16", "int8")
-DEFAULT_LINKS = ("10e6,0.05", "100e6,0.01")
 ROUTE_OPTIONS = ("mode", "draft_tokens", "codec", "threshold", "link", "transport")
 
 
@@ -37,7 +34,7 @@ def _size(n: int) -> str:
 
 
 def cmd_info(args: argparse.Namespace) -> None:
-    from familial.sizing import model_info
+    from famflow.familial.sizing import model_info
 
     info = model_info(args.model, rank=args.rank)
     if args.json:
@@ -62,8 +59,8 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
-    from familial.loading import checkpoint_dir
-    from familial.presets import resolve_model
+    from famflow.familial.loading import checkpoint_dir
+    from famflow.familial.presets import resolve_model
 
     spec = resolve_model(args.model)
     if spec.source in ("gguf", "local"):
@@ -86,11 +83,11 @@ def _generate_model(args: argparse.Namespace) -> str:
 def cmd_generate(args: argparse.Namespace) -> None:
     import time
 
-    from familial.inference import generate
-    from familial.loading import load_branch
-    from familial.local_training import load_trained_branch
-    from familial.presets import resolve_model
-    from familial.tokenizer import load_tokenizer
+    from famflow.familial.inference import generate
+    from famflow.familial.loading import load_branch
+    from famflow.familial.local_training import load_trained_branch
+    from famflow.familial.presets import resolve_model
+    from famflow.familial.tokenizer import load_tokenizer
 
     route_only = [
         f"--{name.replace('_', '-')}" for name in ROUTE_OPTIONS if getattr(args, name) is not None
@@ -125,9 +122,10 @@ def cmd_generate(args: argparse.Namespace) -> None:
 def _generate_along_route(
     args: argparse.Namespace, spec: ModelSpec, tokenizer: Any, input_ids: Any
 ) -> None:
-    from familial.collab.compare import RouteSettings, compare_route, describe
-    from familial.collab.latency import Link
-    from familial.collab.route import load_route_models, parse_route, tier_names
+    from famflow.collab.compare import compare_route, describe
+    from famflow.collab.latency import Link
+    from famflow.collab.route import load_route_models, parse_route, tier_names
+    from famflow.collab.settings import RouteSettings
 
     exits = parse_route(args.route, spec.family.exits)
     settings = RouteSettings(
@@ -181,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="output of train-local/familialize (exit adapters, LoRA); with --route also a "
         "federation export directory (exit-E/ per exit)",
     )
-    collab = gen.add_argument_group("collaborative inference (familial.collab)")
+    collab = gen.add_argument_group("collaborative inference (famflow.collab)")
     collab.add_argument(
         "--route",
         help="tiers from the device up: device,edge,cloud (the family's first, second and "

@@ -15,9 +15,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from familial.collab.decoding import CollabResult
-from familial.collab.protocol import TOKEN_BYTES
-from familial.errors import FamflowError
+from famflow.collab.decoding import CollabResult
+from famflow.collab.protocol import TOKEN_BYTES
+from famflow.familial.errors import FamflowError
 
 
 @dataclass(frozen=True)

@@ -20,10 +20,10 @@ import time
 
 import torch
 
-from familial.collab.codec import ProtocolError
-from familial.collab.nodes import TierNode
-from familial.collab.protocol import HiddenRequest, TierReply, TraceEntry
-from familial.collab.transport import Transport
+from famflow.collab.codec import ProtocolError
+from famflow.collab.nodes import TierNode
+from famflow.collab.protocol import HiddenRequest, TierReply, TraceEntry
+from famflow.collab.transport import Transport
 
 
 def accepted_prefix(drafts: list[int], predictions: list[int]) -> int:

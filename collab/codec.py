@@ -8,10 +8,14 @@ byte per value. Everything is little-endian.
 
 from __future__ import annotations
 
-import numpy as np
-import torch
+from typing import TYPE_CHECKING
 
-from familial.errors import FamflowError
+import numpy as np
+
+from famflow.familial.errors import FamflowError
+
+if TYPE_CHECKING:
+    import torch
 
 HIDDEN_CODECS = ("fp32", "fp16", "int8")
 CODEC_IDS = {name: index for index, name in enumerate(HIDDEN_CODECS)}
@@ -44,6 +48,8 @@ def encode_rows(hidden: torch.Tensor, codec: str) -> bytes:
     check_codec(codec)
     if hidden.ndim != 2:
         raise FamflowError(f"Hidden states travel as rows x cols, got shape {tuple(hidden.shape)}.")
+    import torch  # lazily: the command line reads HIDDEN_CODECS without importing torch
+
     values = hidden.detach().to("cpu", torch.float32).numpy()
     if codec == "fp32":
         return values.astype("<f4").tobytes()
@@ -78,4 +84,6 @@ def decode_rows(payload: bytes | memoryview, codec: str, rows: int, cols: int) -
         array = np.frombuffer(payload, dtype=dtype).reshape(rows, cols).astype(np.float32)
     if not np.isfinite(array).all():
         raise ProtocolError("The hidden state holds NaN or infinite values: send finite values.")
+    import torch
+
     return torch.from_numpy(array)

@@ -1,6 +1,6 @@
 """An edge or cloud tier as a small HTTP service (stdlib ``ThreadingHTTPServer``).
 
-``POST /v1/hidden`` takes a request frame (``familial.collab.protocol``) and answers with a
+``POST /v1/hidden`` takes a request frame (``famflow.collab.protocol``) and answers with a
 reply frame; ``GET /v1/health`` answers ``ok``. A malformed request gets 400 with one
 sentence, a failure of the tier above 502. Requests are served one at a time (the tier's
 caches are one sequence's state); sockets time out after ``timeout`` seconds.
@@ -12,9 +12,9 @@ import logging
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from familial.collab.codec import ProtocolError
-from familial.collab.transport import CONTENT_TYPE, HIDDEN_PATH, Handler
-from familial.errors import FamflowError
+from famflow.collab.codec import ProtocolError
+from famflow.collab.transport import CONTENT_TYPE, HIDDEN_PATH, Handler
+from famflow.familial.errors import FamflowError
 
 logger = logging.getLogger("famflow.collab")
 MAX_BODY_BYTES = 64 << 20

@@ -8,7 +8,7 @@ accepted length, like every tier did. With a lossless codec (fp32) the output is
 exit's greedy output; fp16/int8 change the hidden states the upper tiers see.
 
 Early exit: per token the device reads its exit; below ``threshold`` it hands up the hidden
-states of every position the tier above has not seen yet (see ``familial.collab.tiers``).
+states of every position the tier above has not seen yet (see ``famflow.collab.tiers``).
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from familial.collab.codec import check_codec
-from familial.collab.nodes import TierNode
-from familial.collab.protocol import HiddenRequest, TierReply, TraceEntry
-from familial.collab.tiers import confident_token
-from familial.collab.transport import Transport
-from familial.errors import FamflowError
+from famflow.collab.codec import check_codec
+from famflow.collab.nodes import TierNode
+from famflow.collab.protocol import HiddenRequest, TierReply, TraceEntry
+from famflow.collab.tiers import confident_token
+from famflow.collab.transport import Transport
+from famflow.familial.errors import FamflowError
 
 
 @dataclass
@@ -60,16 +60,6 @@ class CollabResult:
     @property
     def round_trips(self) -> int:
         return sum(r.round_trip for r in self.rounds)
-
-    @property
-    def uplink_bytes(self) -> int:
-        """Request bytes summed over every hop (device -> edge, edge -> cloud, ...)."""
-        return sum(e.request_bytes for r in self.rounds for e in r.trace)
-
-    @property
-    def downlink_bytes(self) -> int:
-        """Reply bytes summed over every hop."""
-        return sum(e.reply_bytes for r in self.rounds for e in r.trace)
 
     @property
     def device_bytes(self) -> int:

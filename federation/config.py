@@ -6,13 +6,12 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from familial.errors import FamflowError
+from famflow.familial.codecs import CODECS
+from famflow.familial.errors import FamflowError
+from famflow.strategies.robust import ROBUST_METHODS as ROBUST
+from famflow.strategies.rules import RULES, AggregationRule
 
-RULES: tuple[str, ...] = ("fedit", "ffa", "flexlora", "hetlora")
-CODECS: tuple[str, ...] = ("fp32", "fp16", "bf16", "int8")
 BRANCH_EXITS: tuple[str, ...] = ("held", "own")
-# strategies.robust.ROBUST_METHODS (familial/ does not import strategies/).
-ROBUST: tuple[str, ...] = ("none", "clip", "trimmed-mean", "median")
 
 
 @dataclass
@@ -149,10 +148,10 @@ class FederationConfig:
         whose exits its layers allow, or a checkpoint), every tier of the mix (in the tiers
         file, with a rank >= 1 and memory for the smallest branch), enough tiered nodes for
         ``min_nodes``, and the dataset."""
-        from familial.data.config import CORPUS_NAMES
-        from familial.hardware import GIB, get_tier, load_tiers
-        from familial.presets import resolve_model
-        from familial.sizing import training_memory_bytes
+        from famflow.familial.data.config import CORPUS_NAMES
+        from famflow.familial.hardware import GIB, get_tier, load_tiers, tiers_file
+        from famflow.familial.presets import resolve_model
+        from famflow.familial.sizing import training_memory_bytes
 
         spec = resolve_model(self.model)
         counts = self.tier_counts()
@@ -162,7 +161,7 @@ class FederationConfig:
                 f"tier-mix {self.tier_mix!r} has fewer nodes ({total}) than min-nodes "
                 f"({self.min_nodes}): give the tiers counts that add up to at least min-nodes."
             )
-        tiers = load_tiers()
+        tiers = load_tiers(tiers_file(spec.tiers))
         shallowest = spec.family.exits[0]
         for name in sorted({name for name, count in counts if count > 0}):
             tier = get_tier(name, tiers)
@@ -181,6 +180,11 @@ class FederationConfig:
                 f"dataset {self.dataset!r} is neither {' nor '.join(CORPUS_NAMES)} nor an "
                 "existing file or directory: fix the path or name a corpus."
             )
+
+    @property
+    def aggregation(self) -> AggregationRule:
+        """The rule ``rule`` names; callers ask it what it needs (``exchanges_a``, ...)."""
+        return RULES[self.rule]
 
     def exits_of_branch(self, exit_depth: int) -> list[int] | None:
         """The exits a node holding ``exit_depth`` trains (None: every exit up to it)."""

@@ -13,15 +13,14 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from familial.collab.nodes import TierNode
-from familial.collab.service import TierService
-from familial.collab.tiers import UpperTier
-from familial.collab.transport import HttpTransport, LocalTransport, Transport
-from familial.errors import FamflowError
-from familial.model import FamilialLM
-from familial.presets import ModelSpec
+from famflow.collab.nodes import TierNode
+from famflow.collab.service import TierService
+from famflow.collab.tiers import UpperTier
+from famflow.collab.transport import HttpTransport, LocalTransport, Transport
+from famflow.familial.errors import FamflowError
+from famflow.familial.model import FamilialLM
+from famflow.familial.presets import ModelSpec
 
-TIER_NAMES = ("device", "edge", "cloud")
 EXPORT_DIR_PREFIX = "exit-"
 
 
@@ -117,8 +116,8 @@ def load_route_models(spec: ModelSpec, exits: list[int], adapters: Path | None) 
     trunk, every lower exit its own head) or a train-local/familialize output (one
     directory for every exit up to the top one).
     """
-    from familial.loading import load_branch
-    from familial.local_training import load_trained_branch
+    from famflow.familial.loading import load_branch
+    from famflow.familial.local_training import load_trained_branch
 
     top = exits[-1]
     if adapters is None:

@@ -1,0 +1,2 @@
+"""What clients and server share: the run config and the exchange contract (no Flower
+strategy, no ClientApp here)."""
