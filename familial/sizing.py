@@ -80,7 +80,7 @@ def branch_size(
 def model_info(
     model: ModelSpec | str | Path, rank: int = 8, targets: tuple[str, ...] = DEFAULT_LORA_TARGETS
 ) -> dict[str, Any]:
-    """The figures ``famflow info`` prints; every field is documented in the README."""
+    """The figures ``famflow info`` prints; every field is documented in docs/info.md."""
     spec = model if isinstance(model, ModelSpec) else resolve_model(model)
     config = spec.base_config()
     branches = [branch_size(spec, e, rank, targets) for e in spec.family.exits]

@@ -95,7 +95,7 @@ def test_cli_choices_match_the_library():
     import subprocess
     import sys
 
-    import famflow.__main__ as cli
+    import famflow.commands.model as cli
     from famflow.collab import protocol, settings
 
     assert cli.HIDDEN_CODECS == protocol.HIDDEN_CODECS

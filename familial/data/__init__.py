@@ -2,7 +2,7 @@
 with flwr-datasets, tokenised and packed into fixed-length blocks.
 
 Names are imported on first use, so ``famflow`` commands that never touch data (and
-``familial.data.cli``) do not pay for importing `datasets` and flwr-datasets.
+``famflow.commands.data``) do not pay for importing `datasets` and flwr-datasets.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from famflow.familial.argtypes import positive_int
+from famflow.commands.argtypes import positive_int
 from famflow.familial.codecs import CODECS
 from famflow.familial.errors import FamflowError
 from famflow.strategies.rules import RULES

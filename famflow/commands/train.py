@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from famflow.familial.argtypes import non_negative_int, positive_int
+from famflow.commands.argtypes import non_negative_int, positive_int
 from famflow.familial.errors import FamflowError
 
 if TYPE_CHECKING:

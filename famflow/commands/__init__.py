@@ -1,0 +1,1 @@
+"""The commands of ``famflow``, one module each; ``famflow.__main__`` wires them."""
