@@ -19,6 +19,7 @@ from famflow.familial.evaluation import evaluate
 from famflow.familial.model import FamilialLM
 from famflow.familial.privacy import PrivacyBudgetError
 from famflow.familial.training import TrainConfig
+from famflow.federation import contract
 from famflow.federation.config import FederationConfig
 from famflow.strategies.records import from_record, to_record
 
@@ -98,19 +99,20 @@ def make_client_app(
         except PrivacyBudgetError as error:  # say so in one sentence, send nothing
             return Message(Error(code=0, reason=str(error)), reply_to=msg)
         metrics: dict[str, float] = {
-            "num-examples": len(received.splits.train),
-            "train-seconds": result.seconds,
-            "client-seconds": time.perf_counter() - loaded,
+            contract.NUM_EXAMPLES: len(received.splits.train),
+            contract.TRAIN_SECONDS: result.seconds,
+            contract.CLIENT_SECONDS: time.perf_counter() - loaded,
             # Deployment starts a ClientApp process per message: its start and the branch load.
-            "startup-seconds": startup,
-            "load-seconds": loaded - start,
-            "tokens": result.tokens,
-            "local-steps": result.steps,
+            contract.STARTUP_SECONDS: startup,
+            contract.LOAD_SECONDS: loaded - start,
+            contract.TOKENS: result.tokens,
+            contract.LOCAL_STEPS: result.steps,
         }
-        metrics |= {f"loss-exit-{d}": loss for d, loss in result.exit_losses.items()}
+        for depth, loss in result.exit_losses.items():
+            metrics[contract.exit_metric(contract.LOSS_EXIT, depth)] = loss
         metrics |= dp_metrics
         if result.losses:  # DP: every Poisson batch of the round may have been empty
-            metrics["train-loss"] = result.losses[-1]
+            metrics[contract.TRAIN_LOSS] = result.losses[-1]
         content = {
             "arrays": to_record(reply_arrays(config, received.branch, received.arrays)),
             "metrics": MetricRecord(metrics),
@@ -123,10 +125,11 @@ def make_client_app(
         config = run_config(context)
         received = received_branch(config, msg, context)
         results = evaluate(received.branch, received.splits.validation[: config.eval_blocks])
-        metrics: dict[str, float] = {"num-tokens": next(iter(results.values())).tokens}
+        tokens = next(iter(results.values())).tokens
+        metrics: dict[str, float] = {contract.NUM_TOKENS: tokens}
         for depth, exit_metrics in results.items():
-            metrics[f"loss-exit-{depth}"] = exit_metrics.loss
-            metrics[f"accuracy-exit-{depth}"] = exit_metrics.accuracy
+            metrics[contract.exit_metric(contract.LOSS_EXIT, depth)] = exit_metrics.loss
+            metrics[contract.exit_metric(contract.ACCURACY_EXIT, depth)] = exit_metrics.accuracy
         return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
 
     return app

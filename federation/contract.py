@@ -20,6 +20,7 @@ from famflow.familial.model import FamilialLM
 from famflow.federation.config import FederationConfig
 from famflow.strategies.records import (
     ACCURACY_EXIT,
+    CLIENT_SECONDS,
     DP_EPSILON,
     DP_NOISE,
     LOAD_SECONDS,
@@ -37,6 +38,7 @@ from famflow.strategies.rules.base import is_lora_key
 
 __all__ = [
     "ACCURACY_EXIT",
+    "CLIENT_SECONDS",
     "DP_EPSILON",
     "DP_NOISE",
     "LOAD_SECONDS",

@@ -12,8 +12,8 @@ from typing import Any
 from flwr.app import ConfigRecord, Message, MessageType, MetricRecord
 from flwr.serverapp import Grid
 
+from famflow.federation import contract
 from famflow.federation.config import FederationConfig
-from famflow.federation.contract import codec_reference
 from famflow.server.calibration import calibrate_translators
 from famflow.server.checkpoints import load_checkpoint, save_checkpoint
 from famflow.server.export import export_branches
@@ -59,8 +59,8 @@ def round_row(
     seconds: float,
 ) -> dict[str, Any]:
     answered = [reply for reply in train_replies if not reply.has_error()]
-    train_seconds = [reply_seconds(reply, "client-seconds") for reply in answered]
-    epsilons = reported(train_replies, "dp-epsilon")
+    train_seconds = [reply_seconds(reply, contract.CLIENT_SECONDS) for reply in answered]
+    epsilons = reported(train_replies, contract.DP_EPSILON)
     row: dict[str, Any] = {
         "round": server_round,
         "exits": exits_of(evaluation),
@@ -82,10 +82,10 @@ def round_row(
         "train_seconds_max": max(train_seconds, default=0.0),
         "train_seconds_sum": sum(train_seconds),
         # Deployment starts a ClientApp process per message (simulation: 0 after the first).
-        "startup_seconds_sum": sum(reply_seconds(r, "startup-seconds") for r in answered),
-        "load_seconds_sum": sum(reply_seconds(r, "load-seconds") for r in answered),
+        "startup_seconds_sum": sum(reply_seconds(r, contract.STARTUP_SECONDS) for r in answered),
+        "load_seconds_sum": sum(reply_seconds(r, contract.LOAD_SECONDS) for r in answered),
     }
-    for node, steps in reported(answered, "local-steps").items():  # tier-local-steps
+    for node, steps in reported(answered, contract.LOCAL_STEPS).items():  # tier-local-steps
         if node in plans:
             row["nodes"][str(node)]["local_steps"] = int(steps)
     for node, value in epsilons.items():  # cumulative sample-level DP epsilon (familial.privacy)
@@ -152,7 +152,7 @@ def run_federation(grid: Grid, config: FederationConfig) -> list[dict[str, Any]]
         min_nodes=config.min_nodes,
         lr_for_round=cosine_lr(config),
         seed=config.seed,
-        codec_reference=codec_reference(fresh),
+        codec_reference=contract.codec_reference(fresh),
         server_lr=config.server_lr,
         robust=RobustSettings(config.robust, config.clip_norm, config.trim_ratio),
         limits=ReplyLimits(outlier_norm_ratio=config.outlier_norm_ratio),

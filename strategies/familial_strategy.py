@@ -24,7 +24,14 @@ from flwr.serverapp.strategy import Strategy
 from famflow.familial.codecs import encode
 from famflow.familial.errors import FamflowError
 from famflow.strategies.central_dp import CentralDPSettings, central_dp_updates
-from famflow.strategies.records import from_record, to_record
+from famflow.strategies.records import (
+    ACCURACY_EXIT,
+    LOSS_EXIT,
+    NUM_EXAMPLES,
+    NUM_TOKENS,
+    from_record,
+    to_record,
+)
 from famflow.strategies.robust import RobustSettings, robust_updates
 from famflow.strategies.rules import AggregationRule, ClientUpdate
 from famflow.strategies.rules.base import State
@@ -288,7 +295,7 @@ class FamilialStrategy(Strategy):
         # The node encoded its change from the decoded slice it got; adding that change to the
         # exact slice keeps the downlink's rounding out of the global adapters.
         arrays = decode_payload(wire, self.codec, sent)
-        update = ClientUpdate(arrays, int(metrics["num-examples"]), plan.rank, plan.scale, sent)
+        update = ClientUpdate(arrays, int(metrics[NUM_EXAMPLES]), plan.rank, plan.scale, sent)
         check_rule(self.rule, self._global, update)
         return update, metrics
 
@@ -356,7 +363,7 @@ class FamilialStrategy(Strategy):
             return None, None
         self._global = new
         metrics = [entry.metrics for entry in accepted]
-        return to_record(self._global), weighted_exit_means(metrics, "num-examples", "loss-exit-")
+        return to_record(self._global), weighted_exit_means(metrics, NUM_EXAMPLES, LOSS_EXIT)
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
@@ -373,8 +380,8 @@ class FamilialStrategy(Strategy):
         self._log_drops(server_round, MessageType.EVALUATE)
         if not metrics:
             return None
-        losses = weighted_exit_means(metrics, "num-tokens", "loss-exit-")
-        accuracies = weighted_exit_means(metrics, "num-tokens", "accuracy-exit-")
+        losses = weighted_exit_means(metrics, NUM_TOKENS, LOSS_EXIT)
+        accuracies = weighted_exit_means(metrics, NUM_TOKENS, ACCURACY_EXIT)
         result = MetricRecord({**dict(losses), **dict(accuracies)})
         for key, loss in dict(losses).items():
             result[key.replace("loss-", "perplexity-")] = math.exp(min(float(loss), 700.0))

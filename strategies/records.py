@@ -21,6 +21,7 @@ LOSS_EXIT = "loss-exit-"  # + exit depth: the mean next-token loss at that exit
 ACCURACY_EXIT = "accuracy-exit-"  # + exit depth: next-token accuracy at that exit
 LOCAL_STEPS = "local-steps"
 TRAIN_SECONDS = "train-seconds"
+CLIENT_SECONDS = "client-seconds"  # the handler's time after the branch load
 STARTUP_SECONDS = "startup-seconds"  # ClientApp process start to its handler
 LOAD_SECONDS = "load-seconds"  # branch and data load
 TRAIN_LOSS = "train-loss"

@@ -31,6 +31,7 @@ from numpy.lib import format as npy
 
 from famflow.familial.codecs import SCALE_SUFFIX, WIRE_DTYPES, decode, int8_scale_shape
 from famflow.familial.errors import FamflowError
+from famflow.strategies.records import ACCURACY_EXIT, LOSS_EXIT, NUM_EXAMPLES, NUM_TOKENS
 from famflow.strategies.robust import change_rms
 from famflow.strategies.rules import AggregationRule, ClientUpdate
 from famflow.strategies.rules.base import State
@@ -59,8 +60,8 @@ NPY_HEADER_BYTES = 128
 NPY_HEADER_READERS = {(1, 0): npy.read_array_header_1_0, (2, 0): npy.read_array_header_2_0}
 # Per message type: the count a reply is weighted by, and the prefixes of its per-exit metrics.
 METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
-    MessageType.TRAIN: ("num-examples", ("loss-exit-",)),
-    MessageType.EVALUATE: ("num-tokens", ("loss-exit-", "accuracy-exit-")),
+    MessageType.TRAIN: (NUM_EXAMPLES, (LOSS_EXIT,)),
+    MessageType.EVALUATE: (NUM_TOKENS, (LOSS_EXIT, ACCURACY_EXIT)),
 }
 
 

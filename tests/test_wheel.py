@@ -141,7 +141,9 @@ def test_info_and_comm_read_the_presets_shipped_in_the_wheel(installed):
     info = installed.run(str(installed.bin / "famflow"), "info", "tiny")
     assert info.returncode == 0, info.stderr
     assert "tiny: llama, 4 layers" in info.stdout
-    comm = installed.run(str(installed.bin / "famflow"), "comm", "ruyi-7b")
+    comm = installed.run(
+        str(installed.bin / "famflow"), "comm", "ruyi-7b", "--rule", "ffa", "--codec", "int8"
+    )
     assert comm.returncode == 0, comm.stderr
     assert "E3B" in comm.stdout and "E7B" in comm.stdout  # the preset's own tiers
 
