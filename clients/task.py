@@ -52,11 +52,11 @@ def node_profile(config: FederationConfig, node_config: dict[str, Any]) -> dict[
     """Tier, memory, device, and the deepest branch and LoRA rank this node can train."""
     spec = resolve_model(config.model)
     device = resolve_device(str(node_config.get("device", config.device)))
-    tiers = load_tiers(tiers_file(spec.tiers))
     if "tier" in node_config:
-        tier = get_tier(str(node_config["tier"]), tiers)
+        tier = get_tier(str(node_config["tier"]), load_tiers(tiers_file(spec.tiers)))
     elif "partition-id" in node_config and "memory-gb" not in node_config:
-        tier = get_tier(config.tier_of_partition(int(node_config["partition-id"])), tiers)
+        name = config.tier_of_partition(int(node_config["partition-id"]))
+        tier = get_tier(name, load_tiers(tiers_file(spec.tiers)))
     else:
         tier = None
     memory_gb = float(node_config.get("memory-gb", tier.memory_gb if tier else 0))
