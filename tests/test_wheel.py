@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import sysconfig
+import zipfile
 from configparser import ConfigParser
 from dataclasses import dataclass
 from importlib.metadata import distribution
@@ -84,6 +85,14 @@ def console_scripts(bin_dir: Path, python: Path) -> None:
             script.chmod(0o755)
 
 
+def isolated_pip(python: Path, *args: str) -> None:
+    """Run the new venv's own pip, blind to this machine's pip config and PIP_* variables."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PIP_")}
+    command = [str(python), "-m", "pip", "--isolated", "--disable-pip-version-check", *args]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> Installed:
     tmp = tmp_path_factory.mktemp("wheel")
@@ -92,11 +101,13 @@ def installed(tmp_path_factory) -> Installed:
         [*build, "--no-build-isolation", "-q", "-w", str(tmp / "dist")], check=True, timeout=300
     )
     (wheel,) = (tmp / "dist").glob("famflow-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+    assert "famflow/__init__.py" in names and "famflow/server/server_app.py" in names, names
     venv = tmp / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
     python = venv / "bin" / "python"
-    install = [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps"]
-    subprocess.run([*install, "-q", str(wheel)], check=True, timeout=300)
+    isolated_pip(python, "install", "--no-index", "--no-deps", "-q", str(wheel))
     site = Path(
         subprocess.run(
             [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
@@ -105,6 +116,7 @@ def installed(tmp_path_factory) -> Installed:
             text=True,
         ).stdout.strip()
     )
+    assert (site / "famflow" / "__init__.py").is_file(), sorted(p.name for p in site.iterdir())
     (site / "dependencies.pth").write_text(f"{linked_dependencies(tmp / 'deps')}\n")
     console_scripts(venv / "bin", python)
     work = tmp / "work"
