@@ -85,12 +85,22 @@ def console_scripts(bin_dir: Path, python: Path) -> None:
             script.chmod(0o755)
 
 
-def isolated_pip(python: Path, *args: str) -> None:
-    """Run the new venv's own pip, blind to this machine's pip config and PIP_* variables."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("PIP_")}
+def outside_env() -> dict[str, str]:
+    """This process's environment without what points into it: famflow's settings, the active
+    venv, pip's settings and PYTHON*. Flower's Ray simulation (earlier tests) sets PYTHONPATH to
+    its sys.path, this venv's site-packages included, where pip finds famflow "already
+    installed" and skips the wheel."""
+    prefixes = ("FAMFLOW_", "VIRTUAL_ENV", "PYTHON", "PIP_")
+    return {key: value for key, value in os.environ.items() if not key.startswith(prefixes)}
+
+
+def isolated_pip(python: Path, *args: str) -> str:
+    """Run the new venv's own pip, blind to this machine's pip config and this environment."""
+    env = outside_env()
     command = [str(python), "-m", "pip", "--isolated", "--disable-pip-version-check", *args]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout + done.stderr
 
 
 @pytest.fixture(scope="module")
@@ -105,29 +115,26 @@ def installed(tmp_path_factory) -> Installed:
         names = archive.namelist()
     assert "famflow/__init__.py" in names and "famflow/server/server_app.py" in names, names
     venv = tmp / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    env = outside_env()
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], env=env, check=True, timeout=300)
     python = venv / "bin" / "python"
-    isolated_pip(python, "install", "--no-index", "--no-deps", "-q", str(wheel))
+    pip_said = isolated_pip(python, "install", "--no-index", "--no-deps", str(wheel))
     site = Path(
         subprocess.run(
             [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            env=env,
             check=True,
             capture_output=True,
             text=True,
         ).stdout.strip()
     )
-    assert (site / "famflow" / "__init__.py").is_file(), sorted(p.name for p in site.iterdir())
+    assert (site / "famflow" / "__init__.py").is_file(), pip_said
     (site / "dependencies.pth").write_text(f"{linked_dependencies(tmp / 'deps')}\n")
     console_scripts(venv / "bin", python)
     work = tmp / "work"
     work.mkdir()
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("FAMFLOW_", "VIRTUAL_ENV", "PYTHON"))
-    }
     env |= {
-        "PATH": f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}",
+        "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
         "FLWR_HOME": str(tmp / "flwr"),
         "FAMFLOW_CACHE": str(tmp / "cache"),
     }
