@@ -111,8 +111,6 @@ def make_client_app(
         for depth, loss in result.exit_losses.items():
             metrics[contract.exit_metric(contract.LOSS_EXIT, depth)] = loss
         metrics |= dp_metrics
-        if result.losses:  # DP: every Poisson batch of the round may have been empty
-            metrics[contract.TRAIN_LOSS] = result.losses[-1]
         content = {
             "arrays": to_record(reply_arrays(config, received.branch, received.arrays)),
             "metrics": MetricRecord(metrics),

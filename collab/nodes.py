@@ -137,7 +137,7 @@ class TierNode:
         layer_kwargs = {
             "position_embeddings": self.trunk.model.rotary_emb(hidden, positions),
             "position_ids": positions,
-            "past_key_values": self.cache,
+            "cache": self.cache,
             "use_cache": True,
         }
         for layer, kind in layers[: self.stop - self.start]:
@@ -175,7 +175,7 @@ class TierNode:
                     config=self.config,
                     inputs_embeds=hidden,
                     attention_mask=None,
-                    past_key_values=self.cache,
+                    cache=self.cache,
                     position_ids=positions,
                     layer_idx=layer.self_attn.layer_idx,
                 )

@@ -154,7 +154,7 @@ class FamilialLM(nn.Module):
             "config": self.config,
             "inputs_embeds": embeds,
             "attention_mask": attention_mask,
-            "past_key_values": cache,
+            "cache": cache,
             "position_ids": position_ids,
         }
         masks = {"full_attention": create_causal_mask(**kwargs)}
@@ -192,7 +192,7 @@ class FamilialLM(nn.Module):
         layer_kwargs = {
             "position_embeddings": self.model.rotary_emb(embeds, position_ids),
             "position_ids": position_ids,
-            "past_key_values": past_key_values,
+            "cache": past_key_values,
             "use_cache": use_cache,
         }
         branch_off: dict[int, list[int]] = {}

@@ -31,6 +31,10 @@ class FederationConfig:
     ``fraction_train`` < 1 samples that share of each tier's nodes every round (at least one),
     so every branch trains every round, and a tier's nodes take turns; ``min_nodes`` tops up.
     Held-out evaluation runs before round 1, every ``evaluate_every`` rounds and after the last.
+    ``out_dir`` belongs to one run: a fresh run refuses a directory an earlier run used,
+    unless ``move_old_run`` moves that run aside (to ``OUT.<its run id>``); ``resume`` (a
+    checkpoints directory or ``round-N``) continues a run whose model, exits, rule, codec and
+    tier plan are this run's.
     ``calibrate_exits`` fits the shallow exits' full translators in closed form before round 1,
     from statistics of ``calibration_blocks`` training blocks per node holding the deepest exit.
 
@@ -81,6 +85,7 @@ class FederationConfig:
     device: str = "auto"
     out_dir: str = "runs/federation"
     resume: str = ""
+    move_old_run: bool = False
     export_merged: bool = False
     robust: str = "none"
     clip_norm: float = 0.0

@@ -30,7 +30,6 @@ from famflow.strategies.records import (
     NUM_TOKENS,
     STARTUP_SECONDS,
     TOKENS,
-    TRAIN_LOSS,
     TRAIN_SECONDS,
     exit_metric,
 )
@@ -48,7 +47,6 @@ __all__ = [
     "NUM_TOKENS",
     "STARTUP_SECONDS",
     "TOKENS",
-    "TRAIN_LOSS",
     "TRAIN_SECONDS",
     "branch_keys",
     "codec_reference",

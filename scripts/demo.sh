@@ -24,15 +24,24 @@ stop_started_flower_processes() {
     fi
   done
 }
-trap stop_started_flower_processes EXIT
-rm -rf runs/federation/export  # the previous run's, so that the check below sees this run's
-flwr run . --stream --federation-config "num-supernodes=6" "$@"
+started="$(mktemp)"  # this run's export must be newer than this file
+trap 'stop_started_flower_processes; rm -f "$started"' EXIT
+# A run directory holds one run: an earlier demo's run is moved aside (runs/federation.<run id>).
+flwr run . --stream --federation-config "num-supernodes=6" --run-config "move-old-run=true" "$@"
 
 # `flwr run --stream` exits 0 even when the ServerApp stopped on an error: check its output.
-if [[ ! -d runs/federation/export/exit-10 ]]; then
+if [[ ! runs/federation/export/exit-10 -nt "$started" ]]; then
   echo "famflow: the federation did not finish (its error is in the log above)." >&2
   exit 1
 fi
 
-famflow generate smollm2-135m --exit 10 --adapters runs/federation/export/exit-10 \
-  --prompt "What is the capital of France?" --max-new-tokens 16
+famflow report runs/federation >/dev/null
+echo "famflow: plots and a summary of the run: runs/federation/report/ (report.md, *.png)"
+
+# The refreshed branches, each on its own: the clients trained them on Shakespeare's plays.
+PROMPT=$'ROMEO:\nBut soft, what light through yonder window breaks?\n'
+for exit in 10 20 30; do
+  echo "famflow: exit $exit of the refreshed family continues the prompt:"
+  famflow generate smollm2-135m --exit "$exit" --adapters "runs/federation/export/exit-$exit" \
+    --prompt "$PROMPT" --raw --max-new-tokens 24
+done

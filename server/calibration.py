@@ -19,6 +19,7 @@ from famflow.familial.errors import FamflowError
 from famflow.familial.presets import resolve_model
 from famflow.federation.config import FederationConfig
 from famflow.federation.contract import branch_keys
+from famflow.server.progress import send_and_receive
 from famflow.strategies.familial_strategy import FamilialStrategy, RoundTraffic
 from famflow.strategies.records import from_record, to_record
 
@@ -79,7 +80,7 @@ def calibrate_translators(
     traffic = strategy.traffic[(0, CALIBRATE_QUERY)]
     hidden_size = int(resolve_model(config.model).base_config().hidden_size)
     totals: dict[int, LensStatistics] = {}
-    replies = list(grid.send_and_receive(messages, timeout=config.round_timeout))
+    replies = send_and_receive(grid, messages, config.round_timeout, "calibrating the exits")
     for reply in replies:
         node = traffic.source(reply)
         try:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from flwr.app import ConfigRecord, Message, MessageType, MetricRecord
+import numpy as np
+from flwr.app import ConfigRecord, MessageType
 from flwr.serverapp import Grid
 
 from famflow.federation import contract
@@ -20,7 +21,17 @@ from famflow.server.export import export_branches
 from famflow.server.membership import refresh_nodes
 from famflow.server.plans import initial_global_state, node_plans
 from famflow.server.profiles import query_profiles, usable_profiles
+from famflow.server.progress import send_and_receive
 from famflow.server.records import RoundRecorder, read_rows
+from famflow.server.report import round_line, tier_counts
+from famflow.server.rows import round_row
+from famflow.server.run_identity import (
+    RunIdentity,
+    check_resumable,
+    claim_out_dir,
+    identity_fields,
+    new_run_id,
+)
 from famflow.strategies.central_dp import CentralDPSettings, central_epsilon, unstated_guarantee
 from famflow.strategies.familial_strategy import FamilialStrategy, NodePlan, RoundTraffic
 from famflow.strategies.records import from_record, to_record
@@ -41,80 +52,6 @@ def cosine_lr(config: FederationConfig) -> Any:
     return lr_for_round
 
 
-def exits_of(metrics: MetricRecord | None) -> dict[str, dict[str, float]]:
-    """``{"10": {"loss": .., "perplexity": .., "accuracy": ..}, ...}`` from evaluate metrics."""
-    exits: dict[str, dict[str, float]] = {}
-    for key, value in dict(metrics or {}).items():
-        name, _, depth = key.partition("-exit-")
-        exits.setdefault(depth, {})[name] = float(value)
-    return dict(sorted(exits.items(), key=lambda item: int(item[0])))
-
-
-def round_row(
-    server_round: int,
-    plans: dict[int, NodePlan],
-    traffic: RoundTraffic,
-    evaluation: MetricRecord | None,
-    train_replies: list[Message],
-    seconds: float,
-) -> dict[str, Any]:
-    answered = [reply for reply in train_replies if not reply.has_error()]
-    train_seconds = [reply_seconds(reply, contract.CLIENT_SECONDS) for reply in answered]
-    epsilons = reported(train_replies, contract.DP_EPSILON)
-    row: dict[str, Any] = {
-        "round": server_round,
-        "exits": exits_of(evaluation),
-        "nodes": {
-            str(node): {
-                "tier": plan.tier,
-                "exit": plan.exit,
-                "rank": plan.rank,
-                "bytes_down": traffic.down.get(node, 0),
-                "bytes_up": traffic.up.get(node, 0),
-            }
-            for node, plan in plans.items()
-        },
-        "bytes_down": sum(traffic.down.values()),
-        "bytes_up": sum(traffic.up.values()),
-        "dropped": {str(node): reason for node, reason in traffic.dropped.items()},
-        "dropped_reasons": traffic.reason_counts(),
-        "seconds": seconds,
-        "train_seconds_max": max(train_seconds, default=0.0),
-        "train_seconds_sum": sum(train_seconds),
-        # Deployment starts a ClientApp process per message (simulation: 0 after the first).
-        "startup_seconds_sum": sum(reply_seconds(r, contract.STARTUP_SECONDS) for r in answered),
-        "load_seconds_sum": sum(reply_seconds(r, contract.LOAD_SECONDS) for r in answered),
-    }
-    for node, steps in reported(answered, contract.LOCAL_STEPS).items():  # tier-local-steps
-        if node in plans:
-            row["nodes"][str(node)]["local_steps"] = int(steps)
-    for node, value in epsilons.items():  # cumulative sample-level DP epsilon (familial.privacy)
-        if node in plans:
-            row["nodes"][str(node)]["dp_epsilon"] = value
-    if epsilons:
-        row["dp_epsilon_max"] = max(epsilons.values())
-    return row
-
-
-def reported(replies: list[Message], key: str) -> dict[int, float]:
-    """The finite number each node reports as metric ``key`` (``dp-epsilon``, ``local-steps``),
-    by node; nodes that report none are left out."""
-    values = {}
-    for reply in replies:
-        metrics = None if reply.has_error() else reply.content.get("metrics")
-        value = metrics.get(key) if isinstance(metrics, MetricRecord) else None
-        if isinstance(value, int | float) and math.isfinite(value):
-            values[reply.metadata.src_node_id] = float(value)
-    return values
-
-
-def reply_seconds(reply: Message, key: str) -> float:
-    """The seconds a node reports as ``key``, 0 when it reports no finite number."""
-    metrics = reply.content.get("metrics")
-    value = metrics.get(key, 0) if isinstance(metrics, MetricRecord) else 0
-    return float(value) if isinstance(value, int | float) and math.isfinite(value) else 0.0
-
-
 def central_dp_accounted(config: FederationConfig, rule: AggregationRule) -> bool:
     """Whether the rows carry central DP's user-level epsilon (logged when they cannot)."""
     if config.central_dp_noise <= 0:
@@ -125,25 +62,49 @@ def central_dp_accounted(config: FederationConfig, rule: AggregationRule) -> boo
     return reason is None
 
 
+@dataclass(frozen=True)
+class RunStart:
+    """Where a run starts: its identity and plans, and a resumed checkpoint's arrays."""
+
+    identity: RunIdentity
+    plans: dict[int, NodePlan]
+    rank: int  # of the global adapters
+    arrays: dict[str, np.ndarray] | None  # the checkpoint's; None for a fresh run
+    last_round: int  # the checkpoint's round; 0 for a fresh run
+
+
+def begin_run(grid: Grid, config: FederationConfig) -> RunStart:
+    """Claim the run directory, profile the nodes and plan them; a resume restores the saved
+    global rank and refuses a checkpoint of a different run."""
+    checkpoint = load_checkpoint(Path(config.resume)) if config.resume else None
+    saved = RunIdentity.of_checkpoint(checkpoint[2], config.resume) if checkpoint else None
+    out = Path(config.out_dir)
+    claim_out_dir(out, config.move_old_run, resuming=saved.run_id if saved else None)
+    usable = usable_profiles(config, query_profiles(grid, config.min_nodes, config.round_timeout))
+    if checkpoint is None or saved is None:
+        plans = node_plans(config, usable)
+        rank = max(plan.rank for plan in plans.values())
+        identity = RunIdentity(new_run_id(), identity_fields(config, plans, rank))
+        logger.info("run %s (fingerprint %s) in %s", identity.run_id, identity.fingerprint, out)
+        return RunStart(identity, plans, rank, None, 0)
+    last_round, arrays, state = checkpoint
+    rank = int(state["rank"])
+    plans = node_plans(config, usable, global_rank=rank)
+    check_resumable(saved, identity_fields(config, plans, rank), config.resume)
+    logger.info("resuming after round %d from %s (run %s)", last_round, config.resume, saved.run_id)
+    return RunStart(saved, plans, rank, arrays, last_round)
+
+
 def run_federation(grid: Grid, config: FederationConfig) -> list[dict[str, Any]]:
     """Run the federation described by ``config``; returns the per-round rows."""
     out = Path(config.out_dir)
     config.check_setup()
-    resumed = load_checkpoint(Path(config.resume)) if config.resume else None
     rule = get_rule(config.rule)
-    profiles = query_profiles(grid, config.min_nodes, config.round_timeout)
-    plans = node_plans(config, usable_profiles(config, profiles))
-    rank = max(plan.rank for plan in plans.values())
-    start_round = 1
+    begun = begin_run(grid, config)
+    identity, plans, rank = begun.identity, begun.plans, begun.rank
+    start_round = begun.last_round + 1
     fresh = initial_global_state(config, rank)
-    if resumed is not None:
-        last_round, arrays, _ = resumed
-        start_round = last_round + 1
-        logger.info("resuming after round %d from %s", last_round, config.resume)
-    else:
-        arrays = fresh
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.jsonl").unlink(missing_ok=True)
+    arrays = begun.arrays if begun.arrays is not None else fresh
     strategy = FamilialStrategy(
         rule,
         plans,
@@ -160,37 +121,35 @@ def run_federation(grid: Grid, config: FederationConfig) -> list[dict[str, Any]]
     )
     strategy.summary()
     accounted = central_dp_accounted(config, rule)
-    recorder = RoundRecorder(out)
+    recorder = RoundRecorder(out, identity.stamp(), keep_through=begun.last_round)
     timeout = config.round_timeout
     calibration = RoundTraffic()
     if start_round == 1 and config.calibrate_exits:
         arrays, calibration = calibrate_translators(grid, strategy, config, arrays)
     record = to_record(arrays)
+    rounds = config.num_server_rounds
     if start_round == 1:
-        replies = grid.send_and_receive(
-            strategy.configure_evaluate(0, record, ConfigRecord(), grid), timeout=timeout
-        )
+        messages = list(strategy.configure_evaluate(0, record, ConfigRecord(), grid))
+        logger.info("round 0/%d: evaluating %s", rounds, tier_counts(messages, plans))
+        replies = send_and_receive(grid, messages, timeout, f"round 0/{rounds} evaluate")
         evaluation = strategy.aggregate_evaluate(0, replies)
         calibration.merge_drops(strategy.traffic[(0, MessageType.EVALUATE)])
-        recorder.record(round_row(0, plans, calibration, evaluation, [], 0.0))
-    for server_round in range(start_round, config.num_server_rounds + 1):
+        row = round_row(0, plans, calibration, evaluation, [], 0.0)
+        recorder.record(row)
+        logger.info(round_line(row, rounds))
+    for server_round in range(start_round, rounds + 1):
         start = time.perf_counter()
         refresh_nodes(grid, strategy, config, rank)
-        train_replies = list(
-            grid.send_and_receive(
-                strategy.configure_train(server_round, record, ConfigRecord(), grid),
-                timeout=timeout,
-            )
-        )
-        aggregated, _ = strategy.aggregate_train(server_round, train_replies)
+        label = f"round {server_round}/{rounds}"
+        messages = list(strategy.configure_train(server_round, record, ConfigRecord(), grid))
+        logger.info("%s: training %s", label, tier_counts(messages, strategy.plans))
+        train_replies = send_and_receive(grid, messages, timeout, f"{label} train")
+        aggregated, train_losses = strategy.aggregate_train(server_round, train_replies)
         record = aggregated if aggregated is not None else record
         evaluation = None
-        last = server_round == config.num_server_rounds
-        if last or server_round % config.evaluate_every == 0:
-            evaluate_replies = grid.send_and_receive(
-                strategy.configure_evaluate(server_round, record, ConfigRecord(), grid),
-                timeout=timeout,
-            )
+        if server_round == rounds or server_round % config.evaluate_every == 0:
+            messages = list(strategy.configure_evaluate(server_round, record, ConfigRecord(), grid))
+            evaluate_replies = send_and_receive(grid, messages, timeout, f"{label} evaluate")
             evaluation = strategy.aggregate_evaluate(server_round, evaluate_replies)
         traffic = strategy.traffic[(server_round, MessageType.TRAIN)]
         row = round_row(
@@ -200,6 +159,7 @@ def run_federation(grid: Grid, config: FederationConfig) -> list[dict[str, Any]]
             evaluation,
             train_replies,
             time.perf_counter() - start,
+            train_losses,
         )
         if accounted:
             row["central_dp_epsilon"] = central_epsilon(
@@ -209,10 +169,10 @@ def run_federation(grid: Grid, config: FederationConfig) -> list[dict[str, Any]]
             out / "checkpoints",
             server_round,
             from_record(record),
-            {"config": asdict(config), "rank": rank},
+            {**identity.state(), "config": asdict(config), "rank": rank},
         )
         recorder.record(row)
-        logger.info("round %d: %s", server_round, row["exits"])
+        logger.info(round_line(row, rounds))
     recorder.close()
     export_branches(config, rule, from_record(record), rank, out / "export")
     return read_rows(out)

@@ -53,4 +53,3 @@ def initial_global_state(config: FederationConfig, rank: int) -> dict[str, np.nd
     state = trainable_state(family, exit_adapters=config.train_exit_adapters)
     with torch.no_grad():
         return {key: tensor.detach().float().numpy().copy() for key, tensor in state.items()}
-

@@ -9,21 +9,11 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from famflow.familial.errors import FamflowError
 from famflow.familial.presets import resolve_model
+from famflow.server.run_plots import save_png
 from famflow.simulations.comm_run import RunSettings, analytic_message
 from famflow.simulations.comm_schemes import TOTAL, CommRow
 from famflow.simulations.comm_wire import FamilyShapes
-
-
-def _save(figure: Figure, path: Path) -> None:
-    """Write a PNG (no pyplot: no GUI backend, no global figure state)."""
-    figure.tight_layout()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(path, format="png", dpi=110)
-    except OSError as error:
-        raise FamflowError(f"Cannot write {path} ({error.strerror}): pick another path.") from None
 
 
 def plot_schemes(rows: list[CommRow], title: str, path: Path) -> None:
@@ -46,7 +36,7 @@ def plot_schemes(rows: list[CommRow], title: str, path: Path) -> None:
     axes.set_title(title, fontsize=10)
     axes.grid(axis="x", which="major", alpha=0.3)
     axes.legend(title="tier", fontsize=8)
-    _save(figure, path)
+    save_png(figure, path)
 
 
 def plot_cumulative(rows: list[dict[str, Any]], settings: RunSettings, path: Path) -> None:
@@ -82,4 +72,4 @@ def plot_cumulative(rows: list[dict[str, Any]], settings: RunSettings, path: Pat
     panels[0].set_ylabel("cumulative MB")
     panels[0].legend(title="tier", fontsize=8)
     figure.suptitle(f"{settings.model}: rule {settings.rule}, codec {settings.codec}", fontsize=10)
-    _save(figure, path)
+    save_png(figure, path)

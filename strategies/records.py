@@ -24,7 +24,6 @@ TRAIN_SECONDS = "train-seconds"
 CLIENT_SECONDS = "client-seconds"  # the handler's time after the branch load
 STARTUP_SECONDS = "startup-seconds"  # ClientApp process start to its handler
 LOAD_SECONDS = "load-seconds"  # branch and data load
-TRAIN_LOSS = "train-loss"
 TOKENS = "tokens"
 DP_EPSILON = "dp-epsilon"
 DP_NOISE = "dp-noise"

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+from uuid import uuid4
 
+from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp.typing import Mod
 from flwr.simulation import run_simulation
 
@@ -92,3 +95,44 @@ def simulate(config: dict[str, Any], mods: list[Mod] | None = None, nodes: int =
         num_supernodes=nodes,
         backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}},
     )
+
+
+class InProcessGrid:
+    """The Grid calls run_federation makes, answered by a ClientApp in this process."""
+
+    def __init__(self, app: Any, nodes: int) -> None:
+        self.app = app
+        self.contexts = {
+            100 + i: Context(
+                run_id=1,
+                node_id=100 + i,
+                node_config={"partition-id": i, "num-partitions": nodes},
+                state=RecordDict(),
+                run_config={},
+            )
+            for i in range(nodes)
+        }
+        self.replies: dict[str, Message] = {}
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.contexts)
+
+    def push_messages(self, messages: Iterable[Message]) -> list[str]:
+        ids = []
+        for message in messages:
+            message.metadata.__dict__["_message_id"] = str(uuid4())  # as Flower's push does
+            ids.append(message.metadata.message_id)
+            self.replies[message.metadata.message_id] = self.answer(message)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
+        return [self.replies.pop(i) for i in list(message_ids) if i in self.replies]
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float) -> list[Message]:
+        return self.pull_messages(self.push_messages(messages))
+
+    def answer(self, message: Message) -> Message:
+        try:
+            return self.app(message, self.contexts[message.metadata.dst_node_id])
+        except Exception as error:  # what Flower's node runtime turns a failure into
+            return Message(Error(code=0, reason=repr(error)), reply_to=message)

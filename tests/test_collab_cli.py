@@ -38,6 +38,23 @@ def test_generate_per_exit_still_works(capsys):
     assert capsys.readouterr().out.startswith("[exit 2, loaded in ")
 
 
+def test_generate_raw_continues_the_prompt_without_the_chat_template(capsys):
+    from famflow.familial.inference import generate
+    from famflow.familial.loading import load_branch
+    from famflow.familial.tokenizer import load_tokenizer
+
+    prompt = "ROMEO:\nBut soft"
+    assert main(["generate", "tiny", "--exit", "4", "--raw", "--prompt", prompt]) == 0
+    printed = capsys.readouterr().out.split("] ", 1)[1].strip()
+    spec = resolve_model("tiny")
+    tokenizer = load_tokenizer(spec)
+    input_ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+    branch = load_branch(spec, 4, exits=[4]).eval()
+    tokens = generate(branch, input_ids, 4, 24, tokenizer.eos_token_id)
+    expected = tokenizer.decode(tokens[0, input_ids.shape[1] :], skip_special_tokens=True)
+    assert printed == expected.strip()
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

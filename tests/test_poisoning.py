@@ -7,51 +7,22 @@ flexlora, four rounds of five local steps. The attacker is partition 0; a Client
 its reply (its change from the slice it was sent) by 50 or flips its sign.
 """
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pytest
-from flwr.app import Array, Context, Error, Message, RecordDict
+from flwr.app import Array, Context, Message
 from flwr.supercore.task_identity import TaskIdentity
 
 from famflow.clients.client_app import make_client_app
 from famflow.federation.config import FederationConfig
 from famflow.server.federation import run_federation
-from tests.federation_setup import run_config, write_federation_files
+from tests.federation_setup import InProcessGrid, run_config, write_federation_files
 
 pytestmark = pytest.mark.slow
 NODES, ROUNDS, STEPS = 5, 4, 5
 SCALED, FLIPPED = 50.0, -1.0
-
-
-class InProcessGrid:
-    """The two Grid calls run_federation makes, answered by a ClientApp in this process."""
-
-    def __init__(self, app: Any, nodes: int) -> None:
-        self.app = app
-        self.contexts = {
-            100 + i: Context(
-                run_id=1,
-                node_id=100 + i,
-                node_config={"partition-id": i, "num-partitions": nodes},
-                state=RecordDict(),
-                run_config={},
-            )
-            for i in range(nodes)
-        }
-
-    def get_node_ids(self) -> list[int]:
-        return list(self.contexts)
-
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float) -> list[Message]:
-        replies = []
-        for message in messages:
-            try:
-                replies.append(self.app(message, self.contexts[message.metadata.dst_node_id]))
-            except Exception as error:  # what Flower's node runtime turns a failure into
-                replies.append(Message(Error(code=0, reason=repr(error)), reply_to=message))
-        return replies
 
 
 def poison(factor: float) -> Callable[..., Message]:

@@ -10,9 +10,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from famflow.familial.errors import FamflowError
 from famflow.federation.config import FederationConfig
-from famflow.server.federation import round_row
 from famflow.server.profiles import usable_profiles
 from famflow.server.records import RoundRecorder
+from famflow.server.rows import round_row
 from famflow.server.server_app import (
     DropRunStoppedTraceback,
     RunStopped,

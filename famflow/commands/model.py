@@ -93,10 +93,13 @@ def cmd_generate(args: argparse.Namespace) -> None:
         raise FamflowError("--exit and --route exclude each other: pass one of them.")
     spec = resolve_model(_generate_model(args))
     tokenizer = load_tokenizer(spec)
-    messages = [{"role": "user", "content": args.prompt}]
-    prompt = tokenizer.apply_chat_template(
-        messages, add_generation_prompt=True, return_tensors="pt"
-    )
+    if args.raw:
+        prompt = tokenizer(args.prompt, return_tensors="pt")
+    else:
+        messages = [{"role": "user", "content": args.prompt}]
+        prompt = tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, return_tensors="pt"
+        )
     input_ids = prompt if not hasattr(prompt, "input_ids") else prompt["input_ids"]
     if args.route is not None:
         _generate_along_route(args, spec, tokenizer, input_ids)
@@ -166,6 +169,12 @@ def add_model_parsers(sub: argparse._SubParsersAction) -> None:
     gen.add_argument("--prompt", default="What is the capital of France?")
     gen.add_argument("--exit", type=int, action="append", help="exit depth (repeatable)")
     gen.add_argument("--max-new-tokens", type=positive_int, default=24)
+    gen.add_argument(
+        "--raw",
+        action="store_true",
+        help="continue the prompt as plain text, without the chat template (for branches "
+        "trained on a corpus, such as a federation's)",
+    )
     gen.add_argument(
         "--adapters",
         default=None,

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import partial
 
 from datasets import Dataset
 from flwr_datasets.partitioner import (
@@ -10,6 +13,7 @@ from flwr_datasets.partitioner import (
     IidPartitioner,
     NaturalIdPartitioner,
     Partitioner,
+    natural_id_partitioner,
 )
 
 from famflow.familial.data.config import DataConfig
@@ -19,6 +23,18 @@ from famflow.familial.errors import FamflowError
 # Small, so skewed (low alpha) splits succeed; a partition too small to fill one block is
 # reported by `prepare_data` with its own fix.
 DIRICHLET_MIN_PARTITION_SIZE = 1
+
+
+@contextmanager
+def no_progress_bar() -> Iterator[None]:
+    """flwr-datasets' natural-id partitioner draws a tqdm bar each time it indexes a corpus, with
+    no option to turn it off; every node of a federation would draw one."""
+    original = natural_id_partitioner.tqdm
+    natural_id_partitioner.tqdm = partial(original, disable=True)
+    try:
+        yield
+    finally:
+        natural_id_partitioner.tqdm = original
 
 
 def partition_column(config: DataConfig, dataset: Dataset) -> str | None:
@@ -92,7 +108,8 @@ def load_partition(config: DataConfig, dataset: Dataset, partition_id: int) -> D
         with warnings.catch_warnings():
             # The partitioner warns on each resampling; its final failure is reported below.
             warnings.simplefilter("ignore")
-            return partitioner.load_partition(partition_id)
+            with no_progress_bar():
+                return partitioner.load_partition(partition_id)
     except ValueError as error:
         raise FamflowError(
             f"{_split_name(config, dataset)} into {config.num_partitions} partitions failed "
