@@ -10,7 +10,8 @@ from flwr.app import Message
 from flwr.serverapp import Grid
 
 logger = logging.getLogger("famflow.server")
-POLL_SECONDS = 0.5
+# Polls start fast and back off while no reply arrives (a round of minutes then costs few pulls).
+FIRST_POLL_SECONDS, MAX_POLL_SECONDS = 0.05, 0.25
 REPORT_EVERY_SECONDS = 15.0
 
 
@@ -26,6 +27,7 @@ def send_and_receive(
         return []
     begin = time.monotonic()
     reported = begin
+    poll = FIRST_POLL_SECONDS
     replies: list[Message] = []
     while waiting:
         arrived = list(grid.pull_messages(waiting))
@@ -39,6 +41,7 @@ def send_and_receive(
             missing = len(waiting)
             logger.warning("%s: %d node(s) did not answer within %.0f s", label, missing, timeout)
             break
+        poll = FIRST_POLL_SECONDS if arrived else min(2 * poll, MAX_POLL_SECONDS)
         if waiting:
-            time.sleep(POLL_SECONDS)
+            time.sleep(poll)
     return replies
