@@ -11,3 +11,9 @@ export HF_DATASETS_OFFLINE=1
 export TOKENIZERS_PARALLELISM=false
 # flwr run starts flower-superlink from PATH: use the project's environment.
 export PATH="${FAMFLOW_VENV:-$FAMFLOW_ROOT/.venv}/bin:$PATH"
+# Ray (Flower's simulation engine) warns once per run about a future default of its own that
+# famflow does not depend on; keep the demo's console to famflow's and Flower's lines.
+RAY_FILTER="ignore::FutureWarning:ray._private.worker"
+if [[ ",${PYTHONWARNINGS:-}," != *",$RAY_FILTER,"* ]]; then
+  export PYTHONWARNINGS="${PYTHONWARNINGS:+$PYTHONWARNINGS,}$RAY_FILTER"
+fi
