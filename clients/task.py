@@ -19,9 +19,7 @@ from famflow.familial.hardware import (
     GIB,
     detected_memory_gb,
     get_tier,
-    load_tiers,
     resolve_device,
-    tiers_file,
 )
 from famflow.familial.loading import load_branch
 from famflow.familial.lora import attach_lora
@@ -53,10 +51,10 @@ def node_profile(config: FederationConfig, node_config: dict[str, Any]) -> dict[
     spec = resolve_model(config.model)
     device = resolve_device(str(node_config.get("device", config.device)))
     if "tier" in node_config:
-        tier = get_tier(str(node_config["tier"]), load_tiers(tiers_file(spec.tiers)))
+        tier = get_tier(str(node_config["tier"]), spec.hardware_tiers())
     elif "partition-id" in node_config and "memory-gb" not in node_config:
         name = config.tier_of_partition(int(node_config["partition-id"]))
-        tier = get_tier(name, load_tiers(tiers_file(spec.tiers)))
+        tier = get_tier(name, spec.hardware_tiers())
     else:
         tier = None
     memory_gb = float(node_config.get("memory-gb", tier.memory_gb if tier else 0))

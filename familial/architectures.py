@@ -13,8 +13,17 @@ from transformers.models.qwen3 import modeling_qwen3
 
 from famflow.familial.errors import FamflowError
 
-RUYI_MODEL_TYPE = "ruyi_qwen2"
-RUYI_ONLY_KEYS = ("early_exit_points", "shared_heads", "auto_map", "architectures")
+# AI-Flow-Ruyi families (model.eelayers.j, model.norms.j, lm_head.j) by model type, and the
+# transformers architecture of their decoder layers: Ruyi-7B is Qwen2; Ruyi2 is Qwen3, typed
+# ruyi_qwen3 in its code and ee_qwen3 in its published config.
+RUYI_MODEL_TYPES = {"ruyi_qwen2": "qwen2", "ruyi_qwen3": "qwen3", "ee_qwen3": "qwen3"}
+RUYI_ONLY_KEYS = (
+    "early_exit_points",
+    "default_early_exit_point",
+    "shared_heads",
+    "auto_map",
+    "architectures",
+)
 
 
 @dataclass(frozen=True)
@@ -53,22 +62,28 @@ def architecture_for(config: PretrainedConfig) -> Architecture:
     except KeyError:
         raise FamflowError(
             f"Model type {config.model_type!r} is not supported: use a Llama, Qwen2, Qwen3 "
-            "or AI-Flow-Ruyi (ruyi_qwen2) checkpoint."
+            f"or AI-Flow-Ruyi ({', '.join(RUYI_MODEL_TYPES)}) checkpoint."
         ) from None
 
 
+def is_ruyi(config_dict: dict[str, Any]) -> bool:
+    """Whether a config.json-like dict describes an AI-Flow-Ruyi family."""
+    return config_dict.get("model_type") in RUYI_MODEL_TYPES
+
+
 def base_config_from_dict(data: dict[str, Any]) -> PretrainedConfig:
-    """A transformers config from a config.json-like dict; Ruyi configs become Qwen2 configs."""
+    """A transformers config from a config.json-like dict; a Ruyi config becomes the config of
+    its decoder layers' architecture (Qwen2 or Qwen3)."""
     data = dict(data)
     model_type = data.pop("model_type", None)
-    if model_type == RUYI_MODEL_TYPE:
-        model_type = "qwen2"
+    if model_type in RUYI_MODEL_TYPES:
+        model_type = RUYI_MODEL_TYPES[model_type]
         for key in RUYI_ONLY_KEYS:
             data.pop(key, None)
     if model_type not in ARCHITECTURES:
         raise FamflowError(
             f"Model type {model_type!r} is not supported: use one of "
-            f"{', '.join(sorted(ARCHITECTURES))} or {RUYI_MODEL_TYPE}."
+            f"{', '.join(sorted(ARCHITECTURES))} or {', '.join(RUYI_MODEL_TYPES)}."
         )
     data.pop("quantization_config", None)
     data.pop("transformers_version", None)
@@ -84,6 +99,7 @@ def ruyi_exit_depths(config_dict: dict[str, Any]) -> list[int]:
     points = config_dict.get("early_exit_points")
     if not points:
         raise FamflowError(
-            "This ruyi_qwen2 config has no `early_exit_points`: add them to config.json."
+            f"This {config_dict.get('model_type')} config has no `early_exit_points`: add them "
+            "to config.json."
         )
     return [int(p) + 1 for p in points]

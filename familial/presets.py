@@ -13,9 +13,10 @@ from typing import Any, Literal
 import torch
 from transformers import PretrainedConfig
 
-from famflow.familial.architectures import RUYI_MODEL_TYPE, base_config_from_dict, ruyi_exit_depths
+from famflow.familial.architectures import base_config_from_dict, is_ruyi, ruyi_exit_depths
 from famflow.familial.config import ExitAdapterConfig, FamilyConfig
 from famflow.familial.errors import FamflowError
+from famflow.familial.hardware import Tier, load_tiers, tiers_file
 from famflow.familial.layouts import DenseLayout, Layout, RuyiLayout
 from famflow.familial.paths import shipped_configs
 
@@ -78,7 +79,12 @@ class ModelSpec:
 
     @property
     def is_ruyi(self) -> bool:
-        return self.config_dict.get("model_type") == RUYI_MODEL_TYPE
+        return is_ruyi(self.config_dict)
+
+    def hardware_tiers(self) -> dict[str, Tier]:
+        """The tiers this family is sized for: ``FAMFLOW_TIERS``, else the preset's own tiers
+        file, else the default one."""
+        return load_tiers(tiers_file(self.tiers))
 
     def exit_label(self, depth: int) -> str:
         """How users see an exit: its depth, and Ruyi's own exit point beside it."""
@@ -87,7 +93,7 @@ class ModelSpec:
 
 def _family_for(config_dict: dict[str, Any], family: dict[str, Any]) -> FamilyConfig:
     family = dict(family)
-    if config_dict.get("model_type") == RUYI_MODEL_TYPE:
+    if is_ruyi(config_dict):
         family.setdefault("exits", ruyi_exit_depths(config_dict))
         family.setdefault("exit_style", "ruyi")
         family.setdefault("shared_heads", bool(config_dict.get("shared_heads", False)))
@@ -99,7 +105,7 @@ def _family_for(config_dict: dict[str, Any], family: dict[str, Any]) -> FamilyCo
 
 
 def _layout_for(config_dict: dict[str, Any], family: FamilyConfig) -> Layout:
-    if config_dict.get("model_type") == RUYI_MODEL_TYPE:
+    if is_ruyi(config_dict):
         return RuyiLayout(tuple(family.exits))
     return DenseLayout(family.exit_style)
 

@@ -154,7 +154,7 @@ class FederationConfig:
         file, with a rank >= 1 and memory for the smallest branch), enough tiered nodes for
         ``min_nodes``, and the dataset."""
         from famflow.familial.data.config import CORPUS_NAMES
-        from famflow.familial.hardware import GIB, get_tier, load_tiers, tiers_file
+        from famflow.familial.hardware import GIB, get_tier
         from famflow.familial.presets import resolve_model
         from famflow.familial.sizing import training_memory_bytes
 
@@ -166,7 +166,7 @@ class FederationConfig:
                 f"tier-mix {self.tier_mix!r} has fewer nodes ({total}) than min-nodes "
                 f"({self.min_nodes}): give the tiers counts that add up to at least min-nodes."
             )
-        tiers = load_tiers(tiers_file(spec.tiers))
+        tiers = spec.hardware_tiers()
         shallowest = spec.family.exits[0]
         for name in sorted({name for name, count in counts if count > 0}):
             tier = get_tier(name, tiers)

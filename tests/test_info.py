@@ -26,6 +26,24 @@ def test_ruyi_7b_branch_sizes_match_the_published_family(rank):
     assert abs(info["full_model_parameters"] - 7.62e9) / 7.62e9 < 0.01
 
 
+LORA_PER_QWEN3_14B_LAYER = 100_352  # r x (q 10,240 + k, v 6,144 each + o 10,240 + MLP 3 x 22,528)
+
+
+def test_ruyi2_14b_prints_three_branches_on_qwen3_layers(capsys):
+    assert main(["info", "ruyi2-14b", "--rank", "8"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("ruyi2-14b: qwen3, 40 layers, exit style ruyi")
+    assert "3 (exit point 2)" in out and "22 (exit point 21)" in out and "40 (exit point 39)" in out
+    info = model_info("ruyi2-14b", rank=8)
+    branches = {branch["exit"]: branch for branch in info["branches"]}
+    assert sorted(branches) == [3, 22, 40]
+    for depth, branch in branches.items():
+        assert branch["layers"] == depth
+        assert branch["lora_parameters"] == 8 * LORA_PER_QWEN3_14B_LAYER * depth
+    # The deepest branch is Qwen3-14B with its own (untied) head: 14.8B parameters.
+    assert abs(branches[40]["parameters"] - 14.77e9) / 14.77e9 < 0.01
+
+
 def test_info_json_fields_are_documented_in_docs_info(capsys):
     assert main(["info", "tiny", "--json", "--rank", "2"]) == 0
     info = json.loads(capsys.readouterr().out)

@@ -1,4 +1,6 @@
-"""A tiny Ruyi-format checkpoint, written here, loads natively and matches its raw tensors."""
+"""Tiny Ruyi-format checkpoints, written here from raw tensors, load natively and match a plain
+transformers model built from the same tensors: Ruyi-7B's layout on Qwen2 layers (ruyi_qwen2),
+Ruyi2's on Qwen3 layers (ruyi_qwen3 in its code, ee_qwen3 in its published config)."""
 
 import json
 
@@ -6,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 from torch.testing import assert_close
-from transformers import Qwen2ForCausalLM
+from transformers import AutoModelForCausalLM
 
 from famflow.familial.loading import build_meta_branch, load_branch
 from famflow.familial.presets import spec_from_path
@@ -16,9 +18,12 @@ EXIT_POINTS = [1, 3]  # Ruyi's numbering: 0-based index of the last layer run
 DEPTHS = [2, 4]
 
 
-def ruyi_tensors() -> dict[str, torch.Tensor]:
-    trunk = tiny_hf_model(tiny_config("qwen2"), seed=0)
-    extra = tiny_hf_model(tiny_config("qwen2"), seed=1)
+RUYI_TYPES = {"ruyi_qwen2": "qwen2", "ruyi_qwen3": "qwen3", "ee_qwen3": "qwen3"}
+
+
+def ruyi_tensors(base: str = "qwen2") -> dict[str, torch.Tensor]:
+    trunk = tiny_hf_model(tiny_config(base), seed=0)
+    extra = tiny_hf_model(tiny_config(base), seed=1)
     tensors = {
         name: tensor.clone()
         for name, tensor in trunk.state_dict().items()
@@ -37,10 +42,10 @@ def ruyi_tensors() -> dict[str, torch.Tensor]:
     return tensors
 
 
-def write_ruyi_checkpoint(directory, tensors, shards: int = 1):
-    config = tiny_config("qwen2").to_dict()
+def write_ruyi_checkpoint(directory, tensors, shards: int = 1, model_type: str = "ruyi_qwen2"):
+    config = tiny_config(RUYI_TYPES[model_type]).to_dict()
     config.update(
-        model_type="ruyi_qwen2",
+        model_type=model_type,
         early_exit_points=EXIT_POINTS,
         shared_heads=False,
         tie_word_embeddings=False,
@@ -62,11 +67,14 @@ def write_ruyi_checkpoint(directory, tensors, shards: int = 1):
     return directory
 
 
-def reference_logits(tensors, exit_index: int, input_ids: torch.Tensor) -> torch.Tensor:
-    """Ruyi's exit j, computed from the raw tensors with a plain Qwen2 model."""
+def reference_logits(
+    tensors, exit_index: int, input_ids: torch.Tensor, base: str = "qwen2"
+) -> torch.Tensor:
+    """Ruyi's exit j, computed from the raw tensors with a plain Qwen2 or Qwen3 model."""
     point = EXIT_POINTS[exit_index]
     last = point == TINY_SHAPE["num_hidden_layers"] - 1
-    model = Qwen2ForCausalLM(tiny_config("qwen2", num_hidden_layers=point + 1)).eval()
+    config = tiny_config(base, num_hidden_layers=point + 1)
+    model = AutoModelForCausalLM.from_config(config).eval()
     state = {k: v for k, v in tensors.items() if k.startswith("model.embed_tokens")}
     for i in range(point + 1):
         source = f"model.layers.{i}" if (i < point or last) else f"model.eelayers.{exit_index}"
@@ -84,19 +92,27 @@ def reference_logits(tensors, exit_index: int, input_ids: torch.Tensor) -> torch
     return model(input_ids).logits
 
 
-@pytest.mark.parametrize("shards", [1, 2])
-def test_ruyi_checkpoint_exits_match_raw_tensors(tmp_path, tokens, shards):
-    tensors = ruyi_tensors()
-    spec = spec_from_path(write_ruyi_checkpoint(tmp_path / "ruyi", tensors, shards))
+@pytest.mark.parametrize(
+    ("model_type", "shards"),
+    [("ruyi_qwen2", 1), ("ruyi_qwen2", 2), ("ruyi_qwen3", 1), ("ee_qwen3", 2)],
+)
+def test_ruyi_checkpoint_exits_match_raw_tensors(tmp_path, tokens, model_type, shards):
+    base = RUYI_TYPES[model_type]
+    tensors = ruyi_tensors(base)
+    if base == "qwen3":  # Qwen3 layers normalise queries and keys: their own tensors
+        assert any(".self_attn.q_norm." in name for name in tensors)
+    directory = write_ruyi_checkpoint(tmp_path / "ruyi", tensors, shards, model_type)
+    spec = spec_from_path(directory)
     assert spec.family.exits == DEPTHS and spec.family.exit_style == "ruyi"
     assert spec.exit_label(2) == "2 (exit point 1)"
+    assert spec.base_config().model_type == base
     for j, depth in enumerate(DEPTHS):
         branch = load_branch(spec, depth, exits=[depth]).eval()
-        assert_close(branch(tokens).logits[depth], reference_logits(tensors, j, tokens))
+        assert_close(branch(tokens).logits[depth], reference_logits(tensors, j, tokens, base))
     family = load_branch(spec).eval()
     together = family(tokens, exits=DEPTHS)
     for j, depth in enumerate(DEPTHS):
-        assert_close(together.logits[depth], reference_logits(tensors, j, tokens))
+        assert_close(together.logits[depth], reference_logits(tensors, j, tokens, base))
 
 
 def test_branch_only_loading_allocates_only_the_branch(tmp_path):
