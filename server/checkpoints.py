@@ -33,6 +33,11 @@ def save_checkpoint(
     return stem
 
 
+def checkpoint_states(directory: Path) -> list[Path]:
+    """The ``round-N.json`` state files in ``directory``, oldest round first."""
+    return sorted(directory.glob("round-*.json"), key=lambda p: int(p.stem.split("-")[1]))
+
+
 def read_checkpoint(path: Path) -> tuple[int, dict[str, np.ndarray], dict[str, Any]]:
     """``(round, arrays, state)`` of the checkpoint ``round-N`` (a path without suffix)."""
     state_file, arrays_file = Path(f"{path}.json"), Path(f"{path}.safetensors")
@@ -57,7 +62,7 @@ def load_checkpoint(path: Path) -> tuple[int, dict[str, np.ndarray], dict[str, A
     path = Path(path)
     if not path.is_dir():
         return read_checkpoint(path)
-    rounds = sorted(path.glob("round-*.json"), key=lambda p: int(p.stem.split("-")[1]))
+    rounds = checkpoint_states(path)
     if not rounds:
         raise FamflowError(f"{path} holds no round-N checkpoint: pass a checkpoints directory.")
     for state_file in reversed(rounds):

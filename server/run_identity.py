@@ -19,12 +19,13 @@ from typing import Any
 from famflow.familial.errors import FamflowError
 from famflow.familial.presets import resolve_model
 from famflow.federation.config import FederationConfig
+from famflow.server.records import METRICS_FILE
 from famflow.strategies.familial_strategy import NodePlan
 
 logger = logging.getLogger("famflow.server")
 
 # What a used run directory holds; a fresh run claims a directory holding none of them.
-RUN_FILES = ("metrics.jsonl", "checkpoints", "tensorboard", "export")
+RUN_FILES = (METRICS_FILE, "checkpoints", "tensorboard", "export")
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,7 @@ def check_resumable(saved: RunIdentity, current: dict[str, Any], checkpoint: str
 
 def run_id_in(out: Path) -> str | None:
     """The run id of the rows already in ``out/metrics.jsonl``, if any."""
-    path = out / "metrics.jsonl"
+    path = out / METRICS_FILE
     if not path.is_file():
         return None
     for line in path.read_text().splitlines():

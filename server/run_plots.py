@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 
 from famflow.familial.errors import FamflowError
 from famflow.federation.config import FederationConfig
+from famflow.server.checkpoints import checkpoint_states
 from famflow.server.records import METRICS_FILE, read_rows
 from famflow.server.report import format_report
 
@@ -119,9 +120,7 @@ def plot_time(rows: list[dict[str, Any]], path: Path) -> None:
 
 def run_config_of(run_dir: Path) -> FederationConfig | None:
     """The run config its latest checkpoint recorded (None without one)."""
-    states = sorted(
-        (run_dir / "checkpoints").glob("round-*.json"), key=lambda p: int(p.stem.split("-")[1])
-    )
+    states = checkpoint_states(run_dir / "checkpoints")
     if not states:
         return None
     try:

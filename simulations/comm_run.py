@@ -17,6 +17,7 @@ from typing import Any
 from famflow.familial.codecs import CODECS
 from famflow.familial.errors import FamflowError
 from famflow.familial.presets import resolve_model
+from famflow.server.checkpoints import checkpoint_states
 from famflow.simulations.comm_schemes import TOTAL
 from famflow.simulations.comm_wire import FamilyShapes, Wire, message_bytes
 from famflow.strategies.rules import RULES
@@ -105,9 +106,7 @@ def setup_bytes(rows: list[dict[str, Any]]) -> int:
 
 
 def _checkpoint_state(run_dir: Path) -> tuple[str, dict[str, Any]] | None:
-    states = sorted(
-        (run_dir / "checkpoints").glob("round-*.json"), key=lambda p: int(p.stem.split("-")[1])
-    )
+    states = checkpoint_states(run_dir / "checkpoints")
     if not states:
         return None
     try:
