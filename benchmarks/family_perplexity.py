@@ -46,6 +46,12 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--distill", type=float, default=0.0)
+    parser.add_argument(
+        "--calibration-blocks",
+        type=int,
+        default=0,
+        help="fit the shallow exits' full translators in closed form on this many blocks first",
+    )
     parser.add_argument("--eval-blocks", type=int, default=64)
     parser.add_argument("--max-examples", type=int, default=6000)
     parser.add_argument("--out", type=Path, default=None, help="default: a temporary directory")
@@ -66,7 +72,14 @@ def main() -> None:
     rows = []
     for depth in args.branch or spec.family.exits:
         metrics = train_branch(
-            spec, depth, splits.train, validation, config, LoraSettings(rank=8), out / str(depth)
+            spec,
+            depth,
+            splits.train,
+            validation,
+            config,
+            LoraSettings(rank=8),
+            out / str(depth),
+            calibration_blocks=args.calibration_blocks,
         )
         for exit_depth, after in metrics["after"].items():
             before = metrics["before"][exit_depth]
@@ -75,18 +88,19 @@ def main() -> None:
     print(
         f"{spec.name}, exit adapters {args.variant}, LoRA r=8 + exit adapters, lr {args.lr}, "
         f"{args.steps} steps x {args.batch_size} x {args.seq_len} tokens, distill "
-        f"{args.distill}, {len(validation)} held-out blocks, {torch.get_num_threads()} threads"
+        f"{args.distill}, {args.calibration_blocks} calibration blocks, {len(validation)} "
+        f"held-out blocks, {torch.get_num_threads()} threads"
     )
     print(
         f"{'branch':>6} {'exit':>5} {'ppl before':>12} {'ppl after':>10} "
-        f"{'acc before':>10} {'acc after':>9} {'tokens/s':>9}"
+        f"{'acc before':>10} {'acc after':>9} {'agree after':>11} {'tokens/s':>9}"
     )
     for depth, exit_depth, before, after, train in rows:
         print(
             f"{depth:>6} {exit_depth:>5} {before['perplexity']:>12.4g} "
             f"{after['perplexity']:>10.4g} "
             f"{before['accuracy']:>10.3f} {after['accuracy']:>9.3f} "
-            f"{train['tokens_per_second']:>9.0f}"
+            f"{after['agreement']:>11.3f} {train['tokens_per_second']:>9.0f}"
         )
     deepest = max(rows, key=lambda row: (row[0], row[1]))
     family = [row for row in rows if row[0] == deepest[0]]

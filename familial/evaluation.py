@@ -1,4 +1,5 @@
-"""Per-exit evaluation on held-out blocks: loss, perplexity and next-token accuracy."""
+"""Per-exit evaluation on held-out blocks: loss, perplexity, next-token accuracy, and how often
+each exit's greedy token agrees with the deepest evaluated exit's (teacher-forced)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ class ExitMetrics:
     perplexity: float
     accuracy: float
     tokens: int
+    # Share of positions whose argmax equals the deepest evaluated exit's (1.0 for that exit).
+    agreement: float = 1.0
 
 
 @torch.no_grad()
@@ -37,20 +40,26 @@ def evaluate(
     model.eval()
     loss_sums = dict.fromkeys(exits, 0.0)
     correct = dict.fromkeys(exits, 0)
+    agreeing = dict.fromkeys(exits, 0)
     tokens = 0
     for start in range(0, len(blocks), batch_size):
         input_ids = blocks[start : start + batch_size].to(device)
         targets = input_ids[:, 1:].reshape(-1)
         logits = model(input_ids, exits=exits).logits
+        top = logits[max(exits)][:, :-1].argmax(dim=-1).reshape(-1)
         for depth in exits:
             flat = logits[depth][:, :-1].reshape(-1, logits[depth].shape[-1])
+            picks = flat.argmax(dim=-1)
             loss_sums[depth] += float(F.cross_entropy(flat, targets, reduction="sum"))
-            correct[depth] += int((flat.argmax(dim=-1) == targets).sum())
+            correct[depth] += int((picks == targets).sum())
+            agreeing[depth] += int((picks == top).sum())
         tokens += targets.numel()
     model.train(was_training)
     metrics = {}
     for depth in exits:
         loss = loss_sums[depth] / tokens
         perplexity = math.exp(loss) if loss < 700 else math.inf
-        metrics[depth] = ExitMetrics(depth, loss, perplexity, correct[depth] / tokens, tokens)
+        metrics[depth] = ExitMetrics(
+            depth, loss, perplexity, correct[depth] / tokens, tokens, agreeing[depth] / tokens
+        )
     return metrics
