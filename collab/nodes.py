@@ -153,12 +153,7 @@ class TierNode:
         return NodeOutput(hidden=hidden, logits=logits)
 
     def _exit_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        if self.head.translator is not None:
-            hidden = self.head.translator(hidden)
-        norm = self.head.norm if self.head.norm is not None else self.shared_norm
-        lm_head = self.head.lm_head if self.head.lm_head is not None else self.shared_head
-        assert norm is not None and lm_head is not None
-        return lm_head(norm(hidden))
+        return self.head.logits(hidden, self.shared_norm, self.shared_head)
 
     def _masks(
         self, hidden: torch.Tensor, positions: torch.Tensor, layers: list[tuple[nn.Module, str]]

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from famflow.commands.comm import add_comm_parser
 from famflow.commands.data import add_data_parser
 from famflow.commands.deploy import add_deploy_parser
+from famflow.commands.export import add_export_parser
 from famflow.commands.model import add_model_parsers
 from famflow.commands.report import add_report_parser
 from famflow.commands.train import add_train_parsers
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_comm_parser(sub)
     add_deploy_parser(sub)
     add_report_parser(sub)
+    add_export_parser(sub)
     return parser
 
 

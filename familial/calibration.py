@@ -1,10 +1,11 @@
 """Closed-form calibration of exit translators (a least-squares tuned lens).
 
 A shallow exit of a dense checkpoint reads hidden states the shared head was never trained on.
-Its full translator ``h -> W h + b`` is fitted so that the exit's hidden state matches the
-deepest exit's pre-norm hidden state on the same tokens. The fit needs only the sums
-``X^T X`` and ``X^T Y`` (``X`` = the exit's hidden states with a ones column, ``Y`` the
-deepest exit's), so statistics from several holders add up exactly before one solve.
+Its full translator ``x -> T x`` (on the exit's normed hidden state) is fitted so that what the
+head reads from the exit matches what it reads from the deepest exit on the same tokens. The
+fit needs only the sums ``X^T X`` and ``X^T Y`` (``X`` = the exit's normed hidden states, ``Y``
+the deepest exit's head input), so statistics from several holders add up exactly before one
+solve. The map has no bias, so it folds into the exit's head (``familial.standalone``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from famflow.familial.model import FamilialLM
 
 @dataclass
 class LensStatistics:
-    """Sums over tokens for one exit: ``gram`` = X^T X (d+1, d+1), ``cross`` = X^T Y (d+1, d)."""
+    """Sums over tokens for one exit: ``gram`` = X^T X (d, d), ``cross`` = X^T Y (d, d)."""
 
     gram: np.ndarray
     cross: np.ndarray
@@ -37,10 +38,10 @@ class LensStatistics:
     def check(self, hidden_size: int) -> None:
         """Refuse statistics of the wrong shape, non-finite or over no tokens."""
         d = hidden_size
-        if self.gram.shape != (d + 1, d + 1) or self.cross.shape != (d + 1, d):
+        if self.gram.shape != (d, d) or self.cross.shape != (d, d):
             raise FamflowError(
                 f"lens statistics have shapes {self.gram.shape} and {self.cross.shape}, "
-                f"expected {(d + 1, d + 1)} and {(d + 1, d)}"
+                f"expected {(d, d)} and {(d, d)}"
             )
         if self.tokens < 1:
             raise FamflowError(f"lens statistics over {self.tokens} tokens")
@@ -75,9 +76,7 @@ def lens_statistics(
         for depth in exits
     ]
     d = model.config.hidden_size
-    stats = {
-        depth: LensStatistics(np.zeros((d + 1, d + 1)), np.zeros((d + 1, d)), 0) for depth in exits
-    }
+    stats = {depth: LensStatistics(np.zeros((d, d)), np.zeros((d, d)), 0) for depth in exits}
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -88,7 +87,6 @@ def lens_statistics(
             target = out.hidden_states[deepest].reshape(-1, d).double().cpu()
             for depth in exits:
                 x = inputs[depth].reshape(-1, d).double().cpu()
-                x = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)
                 stats[depth] = stats[depth] + LensStatistics(
                     (x.T @ x).numpy(), (x.T @ target).numpy(), len(x)
                 )
@@ -99,24 +97,21 @@ def lens_statistics(
     return stats
 
 
-def solve_translator(stats: LensStatistics, ridge: float = 1e-4) -> tuple[np.ndarray, np.ndarray]:
-    """The least-squares ``(weight, bias)`` of a full translator, ``nn.Linear`` layout.
+def solve_translator(stats: LensStatistics, ridge: float = 1e-4) -> np.ndarray:
+    """The least-squares weight of a full translator, ``nn.Linear`` layout.
 
     ``ridge`` is relative to the mean diagonal of X^T X, which keeps the solve well posed when
     there are fewer tokens than hidden dimensions.
     """
     gram = stats.gram + ridge * np.mean(np.diag(stats.gram)) * np.eye(len(stats.gram))
-    solution = np.linalg.solve(gram, stats.cross)
-    return solution[:-1].T.astype(np.float32), solution[-1].astype(np.float32)
+    return np.linalg.solve(gram, stats.cross).T.astype(np.float32)
 
 
 def calibrate(model: FamilialLM, blocks: torch.Tensor, batch_size: int = 8) -> list[int]:
     """Fit every calibratable exit's translator on ``blocks`` in place; returns the exits."""
     fitted = lens_statistics(model, blocks, batch_size)
     for depth, stats in fitted.items():
-        weight, bias = solve_translator(stats)
         proj = model.exit_head(depth).translator.proj
         with torch.no_grad():
-            proj.weight.copy_(torch.from_numpy(weight))
-            proj.bias.copy_(torch.from_numpy(bias))
+            proj.weight.copy_(torch.from_numpy(solve_translator(stats)))
     return sorted(fitted)

@@ -1,25 +1,36 @@
-"""The modules that turn a trunk hidden state into an exit's logits."""
+"""The modules that turn a trunk hidden state into an exit's logits.
+
+An exit runs ``[own layer] -> norm -> [translator] -> head``. The translator is linear and sits
+after the norm, so it folds into the head (``W @ T``) and the exit is a standard decoder: its own
+layer is the last decoder layer, its norm the final norm (``familial.standalone``).
+"""
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 import torch
 from torch import nn
 
 from famflow.familial.config import ExitAdapterConfig
+from famflow.familial.errors import FamflowError
 
 
 class FullTranslator(nn.Module):
-    """An affine map h -> W h + b, identity-initialised (a tuned lens)."""
+    """A linear map h -> T h, identity-initialised (a tuned lens on the normed hidden state)."""
 
     def __init__(self, hidden_size: int) -> None:
         super().__init__()
-        self.proj = nn.Linear(hidden_size, hidden_size, bias=True)
+        self.proj = nn.Linear(hidden_size, hidden_size, bias=False)
         self.reset_identity()
 
     def reset_identity(self) -> None:
         with torch.no_grad():
             nn.init.eye_(self.proj.weight)
-            nn.init.zeros_(self.proj.bias)
+
+    def matrix(self) -> torch.Tensor:
+        """``T``, so that ``forward(h) == h @ T.T``."""
+        return self.proj.weight
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.proj(hidden)
@@ -31,20 +42,38 @@ class LowRankTranslator(nn.Module):
     def __init__(self, hidden_size: int, rank: int) -> None:
         super().__init__()
         self.down = nn.Linear(hidden_size, rank, bias=False)
-        self.up = nn.Linear(rank, hidden_size, bias=True)
+        self.up = nn.Linear(rank, hidden_size, bias=False)
         self.reset_identity()
 
     def reset_identity(self) -> None:
         with torch.no_grad():
             nn.init.normal_(self.down.weight, std=self.down.in_features**-0.5)
             nn.init.zeros_(self.up.weight)
-            nn.init.zeros_(self.up.bias)
+
+    def matrix(self) -> torch.Tensor:
+        """``T = I + U V``, so that ``forward(h) == h @ T.T``."""
+        eye = torch.eye(self.up.out_features, dtype=self.up.weight.dtype)
+        return eye.to(self.up.weight.device) + self.up.weight @ self.down.weight
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return hidden + self.up(self.down(hidden))
 
 
-def make_translator(adapters: ExitAdapterConfig, hidden_size: int) -> nn.Module | None:
+Translator = FullTranslator | LowRankTranslator
+# Translators with a bias ran before the norm (famflow before standalone exports): their
+# tensors mean a different model, so they are refused rather than loaded without the bias.
+PRE_NORM_TRANSLATOR_SUFFIXES = ("translator.proj.bias", "translator.up.bias")
+
+
+def refuse_pre_norm_translators(names: Iterable[str], where: object) -> None:
+    if any(name.endswith(PRE_NORM_TRANSLATOR_SUFFIXES) for name in names):
+        raise FamflowError(
+            f"{where} holds exit translators of an earlier famflow, which ran them before the "
+            "norm: train or federate again with this version."
+        )
+
+
+def make_translator(adapters: ExitAdapterConfig, hidden_size: int) -> Translator | None:
     if adapters.translator == "full":
         return FullTranslator(hidden_size)
     if adapters.translator == "low-rank":
@@ -53,7 +82,7 @@ def make_translator(adapters: ExitAdapterConfig, hidden_size: int) -> nn.Module 
 
 
 class ExitHead(nn.Module):
-    """What runs after the trunk for one exit: [own layer] -> [translator] -> norm -> head.
+    """What runs after the trunk for one exit: [own layer] -> norm -> [translator] -> head.
 
     Parts left as ``None`` are taken from the trunk (the shared final norm and lm_head).
     """
@@ -61,7 +90,7 @@ class ExitHead(nn.Module):
     def __init__(
         self,
         layer: nn.Module | None,
-        translator: nn.Module | None,
+        translator: Translator | None,
         norm: nn.Module | None,
         lm_head: nn.Linear | None,
         layer_type: str = "full_attention",
@@ -72,3 +101,17 @@ class ExitHead(nn.Module):
         self.translator = translator
         self.norm = norm
         self.lm_head = lm_head
+
+    def head_input(self, hidden: torch.Tensor, shared_norm: nn.Module | None) -> torch.Tensor:
+        """What the head reads: the exit's (own layer's) output, normed and translated."""
+        norm = self.norm if self.norm is not None else shared_norm
+        assert norm is not None, "an exit without its own norm needs the shared final norm"
+        hidden = norm(hidden)
+        return self.translator(hidden) if self.translator is not None else hidden
+
+    def logits(
+        self, hidden: torch.Tensor, shared_norm: nn.Module | None, shared_head: nn.Module | None
+    ) -> torch.Tensor:
+        lm_head = self.lm_head if self.lm_head is not None else shared_head
+        assert lm_head is not None, "an exit without its own head needs the shared lm_head"
+        return lm_head(self.head_input(hidden, shared_norm))

@@ -10,6 +10,7 @@ from safetensors.torch import load_file, save_file
 
 from famflow.familial.config import FamilyConfig
 from famflow.familial.errors import FamflowError
+from famflow.familial.exits import refuse_pre_norm_translators
 from famflow.familial.model import FamilialLM
 
 ADAPTERS_FILE = "exit_adapters.safetensors"
@@ -50,8 +51,22 @@ def read_exit_adapters(path: Path, family: FamilyConfig) -> dict[str, torch.Tens
     if not file.is_file():
         raise FamflowError(f"No exit adapters at {file}: pass a directory saved by famflow.")
     try:
-        return load_file(str(file))
+        tensors = load_file(str(file))
     except Exception as error:  # safetensors raises several types for a corrupt file
         raise FamflowError(
             f"{file} is not a readable safetensors file ({error}): re-save it."
         ) from None
+    refuse_pre_norm_translators(tensors, file)
+    return tensors
+
+
+def saved_branch_depth(directory: Path) -> int | None:
+    """The deepest exit the branch saved in ``directory`` held, if ``family.json`` says so."""
+    family = Path(directory) / FAMILY_FILE
+    if not family.is_file():
+        return None
+    try:
+        held = json.loads(family.read_text()).get("held_exits") or []
+    except (json.JSONDecodeError, AttributeError):
+        raise FamflowError(f"{family} is not valid JSON: re-save the adapters.") from None
+    return max(int(depth) for depth in held) if held else None

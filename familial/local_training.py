@@ -13,7 +13,7 @@ import torch
 from famflow.familial.calibration import calibrate
 from famflow.familial.errors import FamflowError
 from famflow.familial.evaluation import ExitMetrics, evaluate
-from famflow.familial.family_io import ADAPTERS_FILE, save_exit_adapters
+from famflow.familial.family_io import ADAPTERS_FILE, save_exit_adapters, saved_branch_depth
 from famflow.familial.loading import load_branch
 from famflow.familial.lora import LoraSettings, attach_lora
 from famflow.familial.model import FamilialLM
@@ -113,6 +113,20 @@ def load_trained_branch(
         attach_lora(branch, read_lora_settings(directory))
         load_peft_adapter(branch, directory)
     return branch.eval()
+
+
+def trained_branch_depth(directory: Path) -> int | None:
+    """The branch an adapter directory was trained on: ``family.json``'s deepest held exit, else
+    the ``branch`` in train-local's ``metrics.json``; None when neither says."""
+    directory = Path(directory)
+    saved = saved_branch_depth(directory)
+    if saved is not None or not (directory / METRICS_FILE).is_file():
+        return saved
+    try:
+        branch = json.loads((directory / METRICS_FILE).read_text()).get("branch")
+    except (json.JSONDecodeError, AttributeError):
+        return None
+    return int(branch) if isinstance(branch, int) else None
 
 
 def _summary(metrics: dict[int, ExitMetrics]) -> str:

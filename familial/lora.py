@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -51,17 +52,21 @@ class LoraSettings:
         if bad:
             raise FamflowError(f"LoRA targets must be module names, got {bad}: e.g. q_proj.")
 
-    def module_pattern(self, with_exit_layers: bool) -> str:
-        """Regex (PEFT full match) over module names: the trunk's layers, optionally exits'."""
-        layers = r"model\.layers\.\d+" + (r"|exits\.\d+\.layer" if with_exit_layers else "")
-        return rf"(?:{layers})\.(?:.*\.)?(?:{'|'.join(self.targets)})"
+    def module_pattern(self, with_exit_layers: bool, layers: Sequence[int] | None = None) -> str:
+        """Regex (PEFT full match) over module names: the trunk's layers (all, or ``layers``),
+        optionally the exits' own layers."""
+        indices = r"\d+" if layers is None else f"(?:{'|'.join(str(i) for i in layers)})"
+        blocks = rf"model\.layers\.{indices}" + (r"|exits\.\d+\.layer" if with_exit_layers else "")
+        return rf"(?:{blocks})\.(?:.*\.)?(?:{'|'.join(self.targets)})"
 
-    def peft_config(self, with_exit_layers: bool) -> LoraConfig:
+    def peft_config(
+        self, with_exit_layers: bool, layers: Sequence[int] | None = None
+    ) -> LoraConfig:
         return LoraConfig(
             r=self.rank,
             lora_alpha=self.alpha,
             lora_dropout=self.dropout,
-            target_modules=self.module_pattern(with_exit_layers),
+            target_modules=self.module_pattern(with_exit_layers, layers),
             bias="none",
         )
 

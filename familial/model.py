@@ -178,7 +178,7 @@ class FamilialLM(nn.Module):
     ) -> FamilialOutput:
         """Logits for every requested exit (default: the branch's deepest) from one trunk pass.
 
-        ``hidden_states[e]`` is the exit's hidden state before its norm and head. A cache holds
+        ``hidden_states[e]`` is what exit e's head reads (normed, translated). A cache holds
         the layers the requested exits ran: reuse it only with the same exits.
         """
         exits = self._check_requested(exits or [self.branch])
@@ -209,13 +209,9 @@ class FamilialLM(nn.Module):
                 if head.layer is not None:
                     mask = masks[head.layer_type]
                     exit_hidden = head.layer(exit_hidden, attention_mask=mask, **layer_kwargs)
-                if head.translator is not None:
-                    exit_hidden = head.translator(exit_hidden)
                 if output_hidden_states:
-                    hiddens[depth] = exit_hidden
-                norm = head.norm if head.norm is not None else self.model.norm
-                lm_head = head.lm_head if head.lm_head is not None else self.lm_head
-                logits[depth] = lm_head(norm(exit_hidden))
+                    hiddens[depth] = head.head_input(exit_hidden, self.model.norm)
+                logits[depth] = head.logits(exit_hidden, self.model.norm, self.lm_head)
             if index < len(self.model.layers) and index < max(branch_off):
                 mask = masks[self._layer_type(index)]
                 hidden = self.model.layers[index](hidden, attention_mask=mask, **layer_kwargs)

@@ -1,8 +1,8 @@
 """A branch's LoRA in PEFT's own format (``adapter_config.json`` + ``adapter_model.safetensors``).
 
-Trunk modules keep transformers' names (``model.layers.N...``), so the adapter of a
-shared-head branch loads with ``PeftModel.from_pretrained`` onto the Hugging Face model
-truncated to the branch's depth.
+``save_peft_adapter`` writes famflow's own adapter (read back by ``load_peft_adapter``: module
+names of the family model, exit parts kept apart). ``save_standalone_peft`` writes one exit's
+LoRA for the plain model of that exit (``familial.standalone``), which it writes beside it.
 """
 
 from __future__ import annotations
@@ -12,14 +12,19 @@ from pathlib import Path
 
 from peft import LoraConfig, get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
+from transformers import PreTrainedTokenizerBase
 
 from famflow.familial.errors import FamflowError
+from famflow.familial.export_origin import ExportOrigin
+from famflow.familial.hf_export import save_hf_branch
 from famflow.familial.lora import ADAPTER_NAME, LoraSettings, lora_modules
 from famflow.familial.model import FamilialLM
+from famflow.familial.standalone import StandaloneBranch
 
 PEFT_CONFIG_FILE = "adapter_config.json"
 PEFT_WEIGHTS_FILE = "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."
+PEFT_BASE_DIR = "base"
 
 
 def _settings(model: FamilialLM) -> LoraSettings:
@@ -89,3 +94,33 @@ def load_peft_adapter(model: FamilialLM, directory: Path) -> None:
             f"unexpected {result.unexpected_keys[:3]}): load it onto the branch it was "
             "trained for."
         )
+
+
+def save_standalone_peft(
+    branch: StandaloneBranch,
+    settings: LoraSettings,
+    directory: Path,
+    tokenizer: PreTrainedTokenizerBase,
+    origin: ExportOrigin,
+) -> Path:
+    """The branch's LoRA as a PEFT adapter on the plain model the branch is without it.
+
+    ``directory/base`` holds that model (a transformers checkpoint, exit parts folded in) and
+    ``base_model_name_or_path`` names it by absolute path, so ``AutoPeftModelForCausalLM`` and
+    ``AutoModelForCausalLM.from_pretrained(directory)`` find it; moved elsewhere, load
+    ``directory/base`` yourself and pass it to ``PeftModel.from_pretrained``.
+    """
+    if not branch.lora:
+        raise FamflowError("This branch has no LoRA adapters to export: use format hf instead.")
+    directory = Path(directory)
+    base = save_hf_branch(branch, directory / PEFT_BASE_DIR, tokenizer, origin)
+    layers = sorted({int(name.split(".")[2]) for name in branch.lora})
+    config = settings.peft_config(with_exit_layers=False, layers=layers)
+    config.task_type = "CAUSAL_LM"
+    config.base_model_name_or_path = str(base.resolve())
+    config.save_pretrained(str(directory))
+    tensors = {PEFT_PREFIX + k: v for k, v in branch.lora.items()}
+    save_file(tensors, str(directory / PEFT_WEIGHTS_FILE), metadata={"format": "pt"})
+    tokenizer.save_pretrained(str(directory))
+    origin.write(directory, format="peft", base=str(base.resolve()))
+    return directory

@@ -37,6 +37,7 @@ from famflow.familial.training import (
     TrainConfig,
     TrainResult,
     cosine_schedule,
+    make_optimizer,
     multi_exit_loss,
     trainable_setup,
 )
@@ -231,7 +232,7 @@ def train_private(
     weights, exits, parameters = trainable_setup(model, config)
     torch.manual_seed(config.seed)
     device = parameters[0].device
-    optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = make_optimizer(model, parameters, config)
     model.train()  # Opacus validates a model in training mode
     engine = opacus().PrivacyEngine(accountant="rdp")
     engine.accountant.history = list(history)

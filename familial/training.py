@@ -7,6 +7,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F  # noqa: N812
@@ -39,6 +40,9 @@ class TrainConfig:
     exit_weights: dict[int, float] | None = None
     distill_weight: float = 0.0
     distill_temperature: float = 1.0
+    # Translators act after the norm, straight on what the head reads: a step of ``lr`` on an
+    # h x h map moves the logits far more than a LoRA step does.
+    translator_lr_ratio: float = 0.1
     train_lora: bool = True
     train_exit_adapters: bool = True
     seed: int = 0
@@ -168,11 +172,29 @@ def trainable_setup(
     return weights, exits, parameters
 
 
+def make_optimizer(
+    model: FamilialLM, parameters: list[torch.nn.Parameter], config: TrainConfig
+) -> torch.optim.AdamW:
+    """AdamW over ``parameters``; the exit translators at ``lr * translator_lr_ratio``."""
+    translators = {
+        id(p)
+        for depth in model.held_exits
+        if (translator := model.exit_head(depth).translator) is not None
+        for p in translator.parameters()
+    }
+    slow = [p for p in parameters if id(p) in translators]
+    rest = [p for p in parameters if id(p) not in translators]
+    groups: list[dict[str, Any]] = [{"params": rest, "lr": config.lr}]
+    if slow:
+        groups.append({"params": slow, "lr": config.lr * config.translator_lr_ratio})
+    return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+
+
 def train(model: FamilialLM, blocks: torch.Tensor, config: TrainConfig) -> TrainResult:
     """Train the branch's chosen parts on ``blocks`` ([n, seq_len] token ids)."""
     weights, exits, parameters = trainable_setup(model, config)
     torch.manual_seed(config.seed)
-    optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = make_optimizer(model, parameters, config)
     scheduler = LambdaLR(optimizer, cosine_schedule(config))
     stream = batches(blocks, config.batch_size, config.seed)
     device = parameters[0].device

@@ -8,6 +8,7 @@ from typing import Any
 
 from famflow.familial.codecs import CODECS
 from famflow.familial.errors import FamflowError
+from famflow.familial.export_formats import parse_formats
 from famflow.strategies.robust import ROBUST_METHODS as ROBUST
 from famflow.strategies.rules import RULES, AggregationRule
 
@@ -37,6 +38,8 @@ class FederationConfig:
     tier plan are this run's.
     ``calibrate_exits`` fits the shallow exits' full translators in closed form before round 1,
     from statistics of ``calibration_blocks`` training blocks per node holding the deepest exit.
+    ``export_formats`` (comma-separated ``hf``, ``gguf``, ``peft``) adds standalone exports of
+    every exit to the run's export (``server.export``).
 
     Bad replies and robust aggregation (``strategies.validation``, ``strategies.robust``):
     a reply whose change of some key has an RMS above ``outlier_norm_ratio`` times the median
@@ -86,7 +89,7 @@ class FederationConfig:
     out_dir: str = "runs/federation"
     resume: str = ""
     move_old_run: bool = False
-    export_merged: bool = False
+    export_formats: str = ""
     robust: str = "none"
     clip_norm: float = 0.0
     trim_ratio: float = 0.2
@@ -117,6 +120,7 @@ class FederationConfig:
                 f"outlier-norm-ratio must be 0 (off) or above 1, got {self.outlier_norm_ratio}."
             )
         self._check_dp()
+        parse_formats(self.export_formats)
         positive = ("num_server_rounds", "local_steps", "batch_size", "seq_len", "min_nodes")
         for name in (*positive, "evaluate_every", "calibration_blocks"):
             if getattr(self, name) < 1:

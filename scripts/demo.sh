@@ -45,3 +45,13 @@ for exit in 10 20 30; do
   famflow generate smollm2-135m --exit "$exit" --adapters "runs/federation/export/exit-$exit" \
     --prompt "$PROMPT" --raw --max-new-tokens 24
 done
+
+# The refreshed device branch outside famflow: a plain transformers checkpoint (and GGUF for
+# llama.cpp), then the three lines of the README in a Python that never imports famflow.
+famflow export runs/federation --exit 10 --format hf,gguf
+echo "famflow: exit 10 in plain transformers (runs/federation/export/exit-10/hf):"
+"$VENV/bin/python" - <<'PY'
+from transformers import pipeline
+device = pipeline("text-generation", model="runs/federation/export/exit-10/hf")
+print(device("ROMEO:\nBut soft, what light", max_new_tokens=24, do_sample=False)[0]["generated_text"])
+PY

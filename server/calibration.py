@@ -27,8 +27,8 @@ logger = logging.getLogger("famflow.server")
 CALIBRATE_QUERY = "query.calibrate"
 
 
-def translator_key(depth: int, part: str) -> str:
-    return f"exit.{depth}.translator.proj.{part}"
+def translator_key(depth: int) -> str:
+    return f"exit.{depth}.translator.proj.weight"
 
 
 def reply_statistics(
@@ -100,8 +100,6 @@ def calibrate_translators(
         return arrays, traffic
     calibrated = dict(arrays)
     for depth, stats in totals.items():
-        weight, bias = solve_translator(stats)
-        calibrated[translator_key(depth, "weight")] = weight
-        calibrated[translator_key(depth, "bias")] = bias
+        calibrated[translator_key(depth)] = solve_translator(stats)
         logger.info("calibrated exit %d's translator on %d tokens", depth, stats.tokens)
     return calibrated, traffic

@@ -12,6 +12,7 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from famflow.familial.errors import FamflowError
+from famflow.familial.exits import refuse_pre_norm_translators
 
 logger = logging.getLogger("famflow.server")
 
@@ -59,7 +60,12 @@ def read_checkpoint(path: Path) -> tuple[int, dict[str, np.ndarray], dict[str, A
 def load_checkpoint(path: Path) -> tuple[int, dict[str, np.ndarray], dict[str, Any]]:
     """``(round, arrays, state)`` of a checkpoint (``round-N``), or of a directory's latest
     readable one: a corrupt latest falls back to the round before it, with a warning."""
-    path = Path(path)
+    loaded = _latest_readable(Path(path))
+    refuse_pre_norm_translators(loaded[1], f"The checkpoint {path}")
+    return loaded
+
+
+def _latest_readable(path: Path) -> tuple[int, dict[str, np.ndarray], dict[str, Any]]:
     if not path.is_dir():
         return read_checkpoint(path)
     rounds = checkpoint_states(path)

@@ -174,5 +174,6 @@ def run_federation(grid: Grid, config: FederationConfig) -> list[dict[str, Any]]
         recorder.record(row)
         logger.info(round_line(row, rounds))
     recorder.close()
-    export_branches(config, rule, from_record(record), rank, out / "export")
+    run = {"run_id": identity.run_id, "round": rounds}
+    export_branches(config, rule, from_record(record), rank, out / "export", run)
     return read_rows(out)

@@ -1,28 +1,29 @@
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 from flwr.app import Context, Message
-from peft import PeftModel
 from safetensors.numpy import load_file
-from transformers import AutoModelForCausalLM
 
+from famflow.__main__ import main
 from famflow.clients.task import get_data
 from famflow.familial.calibration import lens_statistics, solve_translator
-from famflow.familial.loading import _random_state_dict, load_branch
+from famflow.familial.inference import generate
+from famflow.familial.loading import load_branch
 from famflow.familial.local_training import load_trained_branch
 from famflow.familial.presets import resolve_model
 from famflow.federation.config import FederationConfig
 from famflow.server.records import read_rows
-from tests.conftest import truncated
 from tests.federation_setup import run_config, simulate
 
 pytestmark = pytest.mark.slow
 
 
 def test_three_branch_sizes_train_in_one_federation(root):
-    config = run_config(root, rule="flexlora", **{"export-merged": True})
+    config = run_config(root, rule="flexlora", **{"export-formats": "hf,gguf,peft"})
     config["tier-local-steps"] = "cloud:5"
     simulate(config)
     rows = read_rows(root / "run")
@@ -56,26 +57,69 @@ def test_three_branch_sizes_train_in_one_federation(root):
         branch = load_trained_branch(spec, depth, exported, exits=[depth])
         assert branch.held_exits == [depth]
 
-    # Merged weights = base + (alpha / r) B A, under the plain model's names.
-    exported = root / "run" / "export" / "exit-2"
-    lora = load_file(exported / "adapter_model.safetensors")
-    merged = load_file(exported / "merged_model.safetensors")
-    base = load_branch(spec, 2, exits=[2]).state_dict()
-    prefix = "base_model.model.model.layers.1.mlp.up_proj"
-    delta = 2.0 * lora[f"{prefix}.lora_B.weight"] @ lora[f"{prefix}.lora_A.weight"]
-    weight = "model.layers.1.mlp.up_proj.weight"
-    np.testing.assert_allclose(merged[weight], base[weight].numpy() + delta, atol=1e-5)
-    assert np.abs(delta).max() > 1e-4
-
-    # PEFT loads the export onto the plain HF model cut to the branch: the merged weights agree.
-    hf = AutoModelForCausalLM.from_config(spec.base_config())
-    hf.load_state_dict(_random_state_dict(spec))
+    # Every exit's standalone exports reproduce the refreshed branch outside famflow.
     tokens = torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(0))
-    plain = truncated(hf, 2)
-    peft_logits = PeftModel.from_pretrained(truncated(hf, 2), exported).eval()(tokens).logits
-    assert not torch.allclose(peft_logits, plain(tokens).logits, atol=1e-4)
-    plain.load_state_dict({k: torch.from_numpy(v) for k, v in merged.items()}, strict=False)
-    torch.testing.assert_close(peft_logits, plain(tokens).logits, atol=1e-4, rtol=1e-4)
+    prompt = tokens[:1, :6]
+    for depth in spec.family.exits:
+        exported = root / "run" / "export" / f"exit-{depth}"
+        branch = load_trained_branch(spec, depth, exported, exits=[depth])
+        with torch.no_grad():
+            expected = branch(tokens, exits=[depth]).logits[depth]
+        greedy = generate(branch, prompt, depth, max_new_tokens=8)[0].tolist()
+        seen = outside_famflow(exported, tokens, prompt, root / f"outside-{depth}.pt")
+        torch.testing.assert_close(seen["hf_logits"], expected, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(seen["peft_logits"], expected, atol=1e-4, rtol=1e-4)
+        assert seen["hf_greedy"] == seen["gguf_greedy"] == greedy
+        origin = json.loads((exported / "hf" / "export.json").read_text())
+        run_id = rows[-1]["run_id"]
+        assert (origin["run_id"], origin["round"], origin["exit"]) == (run_id, 2, depth)
+
+    # famflow export writes the same branch from the run's latest checkpoint.
+    assert main(["export", str(root / "run"), "--exit", "2", "--out", str(root / "again")]) == 0
+    again = load_file(root / "again" / "exit-2" / "hf" / "model.safetensors")
+    served = load_file(root / "run" / "export" / "exit-2" / "hf" / "model.safetensors")
+    assert sorted(again) == sorted(served)
+    for name, tensor in served.items():
+        np.testing.assert_allclose(again[name], tensor, atol=1e-6)
+
+
+OUTSIDE = """
+import json, sys
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+
+exported, out = sys.argv[1], sys.argv[2]
+tokens = torch.tensor(json.loads(sys.argv[3]))
+prompt = torch.tensor(json.loads(sys.argv[4]))
+hf = AutoModelForCausalLM.from_pretrained(exported + "/hf").eval()
+gguf_dir = exported + "/gguf"
+name = json.load(open(gguf_dir + "/export.json"))["files"][0]
+gguf = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=name).eval()
+adapter = json.load(open(exported + "/peft/adapter_config.json"))
+base = AutoModelForCausalLM.from_pretrained(adapter["base_model_name_or_path"])
+peft = PeftModel.from_pretrained(base, exported + "/peft").eval()
+greedy = dict(max_new_tokens=8, do_sample=False, eos_token_id=None)
+with torch.no_grad():
+    seen = {
+        "hf_logits": hf(tokens).logits,
+        "peft_logits": peft(tokens).logits,
+        "hf_greedy": hf.generate(prompt, **greedy)[0].tolist(),
+        "gguf_greedy": gguf.generate(prompt, **greedy)[0].tolist(),
+    }
+assert not [m for m in sys.modules if m.split(".")[0] == "famflow"], "famflow was imported"
+torch.save(seen, out)
+"""
+
+
+def outside_famflow(exported, tokens, prompt, out) -> dict:
+    """The hf, gguf and peft exports in a process that never imports famflow."""
+    arguments = [str(exported), str(out), json.dumps(tokens.tolist()), json.dumps(prompt.tolist())]
+    done = subprocess.run(
+        [sys.executable, "-c", OUTSIDE, *arguments], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return torch.load(out)
 
 
 def test_calibration_solves_the_summed_statistics_of_the_deepest_branch_holders(root):
@@ -95,10 +139,10 @@ def test_calibration_solves_the_summed_statistics_of_the_deepest_branch_holders(
     first, second = (lens_statistics(family, b) for b in blocks)
     checkpoint = load_file(root / "run" / "checkpoints" / "round-1.safetensors")
     for depth in (1, 2):
-        weight, bias = solve_translator(first[depth] + second[depth])
+        weight = solve_translator(first[depth] + second[depth])
         key = f"exit.{depth}.translator.proj"
         np.testing.assert_allclose(checkpoint[f"{key}.weight"], weight, atol=1e-5)
-        np.testing.assert_allclose(checkpoint[f"{key}.bias"], bias, atol=1e-5)
+        assert f"{key}.bias" not in checkpoint
         assert np.abs(weight - np.eye(32)).max() > 1e-2
     np.testing.assert_allclose(checkpoint["exit.4.translator.proj.weight"], np.eye(32), atol=1e-6)
 

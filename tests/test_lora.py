@@ -55,7 +55,7 @@ def test_canonical_keys_name_every_tensor_of_the_branch():
     branch = attach_lora(load_branch(spec, 2), LoraSettings(rank=4))
     state = trainable_state(branch)
     exit_keys = {"exit.2.norm.weight", "exit.2.translator.down.weight"}
-    exit_keys |= {"exit.2.translator.up.weight", "exit.2.translator.up.bias"}
+    exit_keys |= {"exit.2.translator.up.weight"}
     assert set(state) == expected_lora_keys("trunk", range(2)) | exit_keys
     assert state["trunk.1.mlp.down_proj.A"].shape == (4, 64)
     assert state["trunk.1.mlp.down_proj.B"].shape == (32, 4)

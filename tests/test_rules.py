@@ -32,7 +32,6 @@ def exit_keys(depth):
     return {
         f"exit.{depth}.norm.weight": (HIDDEN,),
         f"exit.{depth}.translator.proj.weight": (HIDDEN, HIDDEN),
-        f"exit.{depth}.translator.proj.bias": (HIDDEN,),
     }
 
 

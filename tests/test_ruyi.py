@@ -21,9 +21,9 @@ DEPTHS = [2, 4]
 RUYI_TYPES = {"ruyi_qwen2": "qwen2", "ruyi_qwen3": "qwen3", "ee_qwen3": "qwen3"}
 
 
-def ruyi_tensors(base: str = "qwen2") -> dict[str, torch.Tensor]:
-    trunk = tiny_hf_model(tiny_config(base), seed=0)
-    extra = tiny_hf_model(tiny_config(base), seed=1)
+def ruyi_tensors(base: str = "qwen2", vocab_size: int = TINY_SHAPE["vocab_size"]):
+    trunk = tiny_hf_model(tiny_config(base, vocab_size=vocab_size), seed=0)
+    extra = tiny_hf_model(tiny_config(base, vocab_size=vocab_size), seed=1)
     tensors = {
         name: tensor.clone()
         for name, tensor in trunk.state_dict().items()
@@ -37,13 +37,14 @@ def ruyi_tensors(base: str = "qwen2") -> dict[str, torch.Tensor]:
             torch.rand(TINY_SHAPE["hidden_size"], generator=generator) + 0.5
         )
         tensors[f"lm_head.{j}.weight"] = torch.randn(
-            TINY_SHAPE["vocab_size"], TINY_SHAPE["hidden_size"], generator=generator
+            vocab_size, TINY_SHAPE["hidden_size"], generator=generator
         )
     return tensors
 
 
 def write_ruyi_checkpoint(directory, tensors, shards: int = 1, model_type: str = "ruyi_qwen2"):
-    config = tiny_config(RUYI_TYPES[model_type]).to_dict()
+    vocab_size = tensors["model.embed_tokens.weight"].shape[0]
+    config = tiny_config(RUYI_TYPES[model_type], vocab_size=vocab_size).to_dict()
     config.update(
         model_type=model_type,
         early_exit_points=EXIT_POINTS,
