@@ -110,7 +110,7 @@ def checkpointed_branch(run_dir: Path, depth: int) -> tuple[FamilialLM, ExportOr
     config = saved_config(state["config"])
     spec = resolve_model(config.model)
     spec.family.check_exit(depth)
-    branch = refreshed_branch(config, config.aggregation(), arrays, int(state["rank"]), depth)
+    branch = refreshed_branch(config, config.aggregation, arrays, int(state["rank"]), depth)
     origin = ExportOrigin(
         model=config.model,
         exit=depth,

@@ -1,0 +1,100 @@
+"""Every exit's standalone exports against famflow's own branch, on held-out prompts.
+
+For each exit of a run, famflow's branch (``RUN/export/exit-E``, famflow's adapters) decodes
+greedily from held-out prompts of the demo's data. A process that never imports famflow loads
+the exit's ``hf`` export and its GGUF files (f16, q8_0) and does the same. The table gives the
+largest |logit difference| of the ``hf`` export over the prompts, and per format the share of
+prompts whose greedy continuation is identical to famflow's. Missing exports are written first
+(``famflow export RUN --format hf,gguf``).
+
+    .venv/bin/python benchmarks/export_check.py [runs/federation] [--prompts 8]
+        [--prompt-tokens 32] [--max-new-tokens 24]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from collab_inference import held_out_prompts
+
+from famflow.familial.export_origin import read_origin
+from famflow.familial.inference import generate
+from famflow.familial.local_training import load_trained_branch
+from famflow.familial.presets import resolve_model
+
+OUTSIDE = """
+import json, sys
+import torch
+from transformers import AutoModelForCausalLM
+
+exported, inputs, out = sys.argv[1:4]
+prompts, new = torch.load(inputs)
+greedy = dict(max_new_tokens=new, do_sample=False, eos_token_id=None, pad_token_id=0)
+models = {"hf": AutoModelForCausalLM.from_pretrained(exported + "/hf").eval()}
+for name in json.load(open(exported + "/gguf/export.json"))["files"]:
+    kind = name.rsplit("-", 1)[1].removesuffix(".gguf")
+    models["gguf " + kind] = AutoModelForCausalLM.from_pretrained(
+        exported + "/gguf", gguf_file=name).eval()
+seen = {"logits": [], **{k: [] for k in models}}
+with torch.no_grad():
+    for prompt in prompts:
+        seen["logits"].append(models["hf"](prompt).logits)
+        for kind, model in models.items():
+            seen[kind].append(model.generate(prompt, **greedy)[0].tolist())
+assert not [m for m in sys.modules if m.split(".")[0] == "famflow"], "famflow was imported"
+torch.save(seen, out)
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("run", nargs="?", type=Path, default=Path("runs/federation"))
+    parser.add_argument("--prompts", type=int, default=8)
+    parser.add_argument("--prompt-tokens", type=int, default=32)
+    parser.add_argument("--max-new-tokens", type=int, default=24)
+    args = parser.parse_args()
+
+    prompts = [p.reshape(1, -1) for p in held_out_prompts(args.prompts, args.prompt_tokens)]
+    work = Path(tempfile.mkdtemp(prefix="famflow-export-check-"))
+    torch.save((prompts, args.max_new_tokens), work / "inputs.pt")
+    rows = []
+    for exported in sorted((args.run / "export").glob("exit-*"), key=lambda p: int(p.name[5:])):
+        origin = read_origin(exported)
+        assert origin is not None, f"{exported} has no export.json"
+        depth = int(origin["exit"])
+        if not ((exported / "hf").is_dir() and (exported / "gguf").is_dir()):
+            command = ["famflow", "export", str(args.run), "--exit", str(depth)]
+            subprocess.run([*command, "--format", "hf,gguf"], check=True)
+        branch = load_trained_branch(resolve_model(origin["model"]), depth, exported, [depth])
+        with torch.no_grad():
+            ours = [generate(branch, p, depth, args.max_new_tokens)[0].tolist() for p in prompts]
+            logits = [branch(p, exits=[depth]).logits[depth] for p in prompts]
+        out = work / f"exit-{depth}.pt"
+        script = [sys.executable, "-c", OUTSIDE, str(exported), str(work / "inputs.pt"), str(out)]
+        subprocess.run(script, check=True, capture_output=True)
+        seen = torch.load(out)
+        gap = max(float((a - b).abs().max()) for a, b in zip(seen["logits"], logits, strict=True))
+        same = {
+            kind: sum(a == b for a, b in zip(seen[kind], ours, strict=True)) / len(ours)
+            for kind in seen
+            if kind != "logits"
+        }
+        rows.append((depth, gap, same))
+
+    kinds = list(rows[0][2])
+    print(
+        f"{args.run}: {args.prompts} held-out prompts of {args.prompt_tokens} tokens, "
+        f"{args.max_new_tokens} greedy tokens; exports loaded in a process without famflow"
+    )
+    print(f"{'exit':>4} {'hf max|dlogit|':>15} " + " ".join(f"{k + ' same':>14}" for k in kinds))
+    for depth, gap, same in rows:
+        print(f"{depth:>4} {gap:>15.2e} " + " ".join(f"{same[k]:>14.0%}" for k in kinds))
+
+
+if __name__ == "__main__":
+    main()
