@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from famflow.commands.argtypes import checked, positive_int
 from famflow.familial.errors import FamflowError
 from famflow.familial.export_formats import EXPORT_FORMATS, parse_formats, parse_gguf_types
+
+if TYPE_CHECKING:
+    from famflow.familial.export_origin import ExportOrigin
+    from famflow.familial.model import FamilialLM
 
 
 def add_export_parser(sub: argparse._SubParsersAction) -> None:
@@ -49,7 +53,7 @@ def _is_run(source: Path) -> bool:
     return any((source / "checkpoints").glob("round-*.json"))
 
 
-def _adapter_branch(args: argparse.Namespace, depth: int) -> tuple[Any, Any]:
+def _adapter_branch(args: argparse.Namespace, depth: int) -> tuple[FamilialLM, ExportOrigin]:
     from famflow.familial.export_origin import ExportOrigin, read_origin
     from famflow.familial.local_training import load_trained_branch, trained_branch_depth
     from famflow.familial.presets import resolve_model
@@ -126,4 +130,13 @@ def _export(args: argparse.Namespace) -> None:
         where = f"round {origin.round} of run {origin.run_id}" if origin.run_id else str(source)
         print(f"exit {spec.exit_label(depth)} from {where}:")
         for path in written:
-            print(f"  {path}")
+            print(f"  {path}  ({_how_to_load(path)})")
+
+
+def _how_to_load(path: Path) -> str:
+    if path.suffix == ".gguf":
+        return f"llama.cpp: llama-cli -m {path}"
+    if path.name == "peft":
+        base = f"AutoModelForCausalLM.from_pretrained('{path}/base')"
+        return f"PeftModel.from_pretrained({base}, '{path}')"
+    return f"AutoModelForCausalLM.from_pretrained('{path}')"
