@@ -4,7 +4,9 @@ For each exit of a run, famflow's branch (``RUN/export/exit-E``, famflow's adapt
 greedily from held-out prompts of the demo's data. A process that never imports famflow loads
 the exit's ``hf`` export and its GGUF files (f16, q8_0) and does the same. The table gives the
 largest |logit difference| of the ``hf`` export over the prompts, and per format the share of
-prompts whose greedy continuation is identical to famflow's. Missing exports are written first
+prompts whose greedy continuation is identical to famflow's. Where a continuation differs, "tie"
+gives famflow's own gap between its two best logits at the first differing token: the largest
+such gap per exit says how near a tie every divergence was. Missing exports are written first
 (``famflow export RUN --format hf,gguf``).
 
     .venv/bin/python benchmarks/export_check.py [runs/federation] [--prompts 8]
@@ -51,6 +53,15 @@ torch.save(seen, out)
 """
 
 
+@torch.no_grad()
+def tie_gap(branch: torch.nn.Module, depth: int, mine: list[int], theirs: list[int]) -> float:
+    """famflow's top-2 logit gap where two greedy continuations first differ."""
+    first = next(i for i, (a, b) in enumerate(zip(mine, theirs, strict=True)) if a != b)
+    logits = branch(torch.tensor([mine[:first]]), exits=[depth]).logits[depth][0, -1]
+    best = logits.topk(2).values
+    return float(best[0] - best[1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("run", nargs="?", type=Path, default=Path("runs/federation"))
@@ -84,16 +95,24 @@ def main() -> None:
             for kind in seen
             if kind != "logits"
         }
-        rows.append((depth, gap, same))
+        ties = [
+            tie_gap(branch, depth, mine, theirs)
+            for kind in same
+            for mine, theirs in zip(ours, seen[kind], strict=True)
+            if mine != theirs
+        ]
+        rows.append((depth, gap, same, max(ties, default=0.0)))
 
     kinds = list(rows[0][2])
     print(
         f"{args.run}: {args.prompts} held-out prompts of {args.prompt_tokens} tokens, "
         f"{args.max_new_tokens} greedy tokens; exports loaded in a process without famflow"
     )
-    print(f"{'exit':>4} {'hf max|dlogit|':>15} " + " ".join(f"{k + ' same':>14}" for k in kinds))
-    for depth, gap, same in rows:
-        print(f"{depth:>4} {gap:>15.2e} " + " ".join(f"{same[k]:>14.0%}" for k in kinds))
+    header = " ".join(f"{k + ' same':>14}" for k in kinds)
+    print(f"{'exit':>4} {'hf max|dlogit|':>15} {header} {'largest tie':>11}")
+    for depth, gap, same, tie in rows:
+        cells = " ".join(f"{same[k]:>14.0%}" for k in kinds)
+        print(f"{depth:>4} {gap:>15.2e} {cells} {tie:>11.2g}")
 
 
 if __name__ == "__main__":
