@@ -4,9 +4,9 @@ For each exit of a run, famflow's branch (``RUN/export/exit-E``, famflow's adapt
 greedily from held-out prompts of the demo's data. A process that never imports famflow loads
 the exit's ``hf`` export and its GGUF files (f16, q8_0) and does the same. The table gives the
 largest |logit difference| of the ``hf`` export over the prompts, and per format the share of
-prompts whose greedy continuation is identical to famflow's. Where a continuation differs, "tie"
-gives famflow's own gap between its two best logits at the first differing token: the largest
-such gap per exit says how near a tie every divergence was. Missing exports are written first
+prompts whose greedy continuation is identical to famflow's. Where some differ, "(tie)" is the
+largest of famflow's own gaps between its two best logits at the first differing token: how
+near a tie every divergence was. Missing exports are written first
 (``famflow export RUN --format hf,gguf``).
 
     .venv/bin/python benchmarks/export_check.py [runs/federation] [--prompts 8]
@@ -95,24 +95,33 @@ def main() -> None:
             for kind in seen
             if kind != "logits"
         }
-        ties = [
-            tie_gap(branch, depth, mine, theirs)
+        ties = {
+            kind: max(
+                (
+                    tie_gap(branch, depth, mine, theirs)
+                    for mine, theirs in zip(ours, seen[kind], strict=True)
+                    if mine != theirs
+                ),
+                default=None,
+            )
             for kind in same
-            for mine, theirs in zip(ours, seen[kind], strict=True)
-            if mine != theirs
-        ]
-        rows.append((depth, gap, same, max(ties, default=0.0)))
+        }
+        rows.append((depth, gap, same, ties))
 
     kinds = list(rows[0][2])
     print(
         f"{args.run}: {args.prompts} held-out prompts of {args.prompt_tokens} tokens, "
         f"{args.max_new_tokens} greedy tokens; exports loaded in a process without famflow"
     )
-    header = " ".join(f"{k + ' same':>14}" for k in kinds)
-    print(f"{'exit':>4} {'hf max|dlogit|':>15} {header} {'largest tie':>11}")
-    for depth, gap, same, tie in rows:
-        cells = " ".join(f"{same[k]:>14.0%}" for k in kinds)
-        print(f"{depth:>4} {gap:>15.2e} {cells} {tie:>11.2g}")
+    header = " ".join(f"{k + ' same (tie)':>24}" for k in kinds)
+    print(f"{'exit':>4} {'hf max|dlogit|':>15} {header}")
+    for depth, gap, same, ties in rows:
+        cells = " ".join(f"{_cell(same[k], ties[k]):>24}" for k in kinds)
+        print(f"{depth:>4} {gap:>15.2e} {cells}")
+
+
+def _cell(share: float, tie: float | None) -> str:
+    return f"{share:.0%}" + (f" ({tie:.2g})" if tie is not None else "")
 
 
 if __name__ == "__main__":
