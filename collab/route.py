@@ -18,10 +18,9 @@ from famflow.collab.service import TierService
 from famflow.collab.tiers import UpperTier
 from famflow.collab.transport import HttpTransport, LocalTransport, Transport
 from famflow.familial.errors import FamflowError
+from famflow.familial.export_origin import exit_dir_name
 from famflow.familial.model import FamilialLM
 from famflow.familial.presets import ModelSpec
-
-EXPORT_DIR_PREFIX = "exit-"
 
 
 def parse_route(text: str, family_exits: list[int]) -> list[int]:
@@ -123,17 +122,17 @@ def load_route_models(spec: ModelSpec, exits: list[int], adapters: Path | None) 
     if adapters is None:
         return RouteModels(load_branch(spec, top, exits=exits).eval())
     adapters = Path(adapters)
-    if not (adapters / f"{EXPORT_DIR_PREFIX}{top}").is_dir():
+    if not (adapters / exit_dir_name(top)).is_dir():
         return RouteModels(load_trained_branch(spec, top, adapters))
-    missing = [e for e in exits if not (adapters / f"{EXPORT_DIR_PREFIX}{e}").is_dir()]
+    missing = [e for e in exits if not (adapters / exit_dir_name(e)).is_dir()]
     if missing:
         raise FamflowError(
-            f"{adapters} has no {', '.join(f'{EXPORT_DIR_PREFIX}{e}' for e in missing)}: "
+            f"{adapters} has no {', '.join(exit_dir_name(e) for e in missing)}: "
             "route only through exits the federation exported."
         )
-    trunk = load_trained_branch(spec, top, adapters / f"{EXPORT_DIR_PREFIX}{top}", exits=[top])
+    trunk = load_trained_branch(spec, top, adapters / exit_dir_name(top), exits=[top])
     branches = {
-        depth: load_trained_branch(spec, depth, adapters / f"{EXPORT_DIR_PREFIX}{depth}", [depth])
+        depth: load_trained_branch(spec, depth, adapters / exit_dir_name(depth), [depth])
         for depth in exits[:-1]
     }
     return RouteModels(trunk, branches)

@@ -10,6 +10,11 @@ from typing import Any
 ORIGIN_FILE = "export.json"
 
 
+def exit_dir_name(depth: int) -> str:
+    """A run's export of exit ``depth``: ``RUN/export/exit-<depth>``."""
+    return f"exit-{depth}"
+
+
 @dataclass(frozen=True)
 class ExportOrigin:
     """``run_id`` and ``round`` are None for a branch trained outside a federation."""

@@ -19,7 +19,7 @@ import torch
 from famflow.familial.branch_export import export_exit, source_tokenizer_pre
 from famflow.familial.errors import FamflowError
 from famflow.familial.export_formats import parse_formats
-from famflow.familial.export_origin import ExportOrigin
+from famflow.familial.export_origin import ExportOrigin, exit_dir_name
 from famflow.familial.family_io import save_exit_adapters
 from famflow.familial.loading import load_branch
 from famflow.familial.lora import attach_lora
@@ -33,7 +33,6 @@ from famflow.server.checkpoints import load_checkpoint
 from famflow.strategies.rules import AggregationRule
 
 logger = logging.getLogger("famflow.server")
-EXIT_DIR = "exit-{}"
 
 
 def refreshed_branch(
@@ -71,7 +70,7 @@ def export_branches(
     written = []
     for depth in spec.family.exits:
         branch = refreshed_branch(config, rule, arrays, rank, depth)
-        directory = out_dir / EXIT_DIR.format(depth)
+        directory = out_dir / exit_dir_name(depth)
         origin = ExportOrigin(
             model=config.model,
             exit=depth,

@@ -102,9 +102,10 @@ def _exits(args: argparse.Namespace) -> list[int]:
 
 def _export(args: argparse.Namespace) -> None:
     from famflow.familial.branch_export import export_exit, source_tokenizer_pre
+    from famflow.familial.export_origin import exit_dir_name
     from famflow.familial.presets import parse_dtype, resolve_model
     from famflow.familial.tokenizer import load_tokenizer
-    from famflow.server.export import EXIT_DIR, checkpointed_branch
+    from famflow.server.export import checkpointed_branch
 
     source: Path = args.source
     if not source.is_dir():
@@ -115,12 +116,12 @@ def _export(args: argparse.Namespace) -> None:
     for depth in _exits(args):
         branch, origin = checkpointed_branch(source, depth) if run else _adapter_branch(args, depth)
         spec = resolve_model(origin.model)
-        default_out = source / "export" / EXIT_DIR.format(depth) if run else source
+        default_out = source / "export" / exit_dir_name(depth) if run else source
         written = export_exit(
             branch,
             depth,
             args.format,
-            args.out / EXIT_DIR.format(depth) if args.out else default_out,
+            args.out / exit_dir_name(depth) if args.out else default_out,
             load_tokenizer(spec),
             origin,
             gguf_types=args.gguf_types,
