@@ -9,6 +9,7 @@ the run config's ``export-formats`` adds standalone exports beside them
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -98,8 +99,10 @@ def saved_config(saved: dict[str, Any]) -> FederationConfig:
     return FederationConfig(**{k: v for k, v in saved.items() if k in known})
 
 
-def checkpointed_branch(run_dir: Path, depth: int) -> tuple[FamilialLM, ExportOrigin]:
-    """Branch ``depth`` from the latest checkpoint of the run in ``run_dir``."""
+def checkpointed_branches(
+    run_dir: Path, exits: list[int] | None = None
+) -> Iterator[tuple[FamilialLM, ExportOrigin]]:
+    """Each of ``exits`` (default: all the family's) from the run's latest checkpoint, read once."""
     round_number, arrays, state = load_checkpoint(Path(run_dir) / "checkpoints")
     if "config" not in state or "rank" not in state:
         raise FamflowError(
@@ -108,13 +111,14 @@ def checkpointed_branch(run_dir: Path, depth: int) -> tuple[FamilialLM, ExportOr
         )
     config = saved_config(state["config"])
     spec = resolve_model(config.model)
-    spec.family.check_exit(depth)
-    branch = refreshed_branch(config, config.aggregation, arrays, int(state["rank"]), depth)
-    origin = ExportOrigin(
-        model=config.model,
-        exit=depth,
-        run_id=state.get("run_id"),
-        round=round_number,
-        source=str(Path(run_dir).resolve()),
-    )
-    return branch, origin
+    for depth in exits or spec.family.exits:
+        spec.family.check_exit(depth)
+        branch = refreshed_branch(config, config.aggregation, arrays, int(state["rank"]), depth)
+        origin = ExportOrigin(
+            model=config.model,
+            exit=depth,
+            run_id=state.get("run_id"),
+            round=round_number,
+            source=str(Path(run_dir).resolve()),
+        )
+        yield branch, origin

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -11,6 +12,8 @@ from famflow.familial.errors import FamflowError
 from famflow.familial.export_formats import EXPORT_FORMATS, parse_formats, parse_gguf_types
 
 if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
     from famflow.familial.export_origin import ExportOrigin
     from famflow.familial.model import FamilialLM
 
@@ -83,21 +86,26 @@ def _adapter_branch(args: argparse.Namespace, depth: int) -> tuple[FamilialLM, E
     return branch, origin
 
 
-def _exits(args: argparse.Namespace) -> list[int]:
+def _adapter_exits(args: argparse.Namespace) -> list[int]:
     if args.exit:
         return sorted(set(args.exit))
     from famflow.familial.export_origin import read_origin
-    from famflow.familial.presets import resolve_model
 
-    if _is_run(args.source):
-        from famflow.server.checkpoints import load_checkpoint
-
-        _, _, state = load_checkpoint(args.source / "checkpoints")
-        return resolve_model(state["config"]["model"]).family.exits
     recorded = read_origin(args.source) or {}
     if "exit" in recorded:
         return [int(recorded["exit"])]
     raise FamflowError(f"Name the exit(s) to export from {args.source}: pass --exit E.")
+
+
+def _branches(args: argparse.Namespace) -> Iterator[tuple[FamilialLM, ExportOrigin]]:
+    """A run's exits from its latest checkpoint (read once), else the adapter directory's."""
+    if _is_run(args.source):
+        from famflow.server.export import checkpointed_branches
+
+        yield from checkpointed_branches(args.source, sorted(set(args.exit or [])) or None)
+        return
+    for depth in _adapter_exits(args):
+        yield _adapter_branch(args, depth)
 
 
 def _export(args: argparse.Namespace) -> None:
@@ -105,7 +113,6 @@ def _export(args: argparse.Namespace) -> None:
     from famflow.familial.export_origin import exit_dir_name
     from famflow.familial.presets import parse_dtype, resolve_model
     from famflow.familial.tokenizer import load_tokenizer
-    from famflow.server.export import checkpointed_branch
 
     source: Path = args.source
     if not source.is_dir():
@@ -113,19 +120,24 @@ def _export(args: argparse.Namespace) -> None:
             f"{source} is not a directory: pass a run's out-dir or an export/exit-E directory."
         )
     run = _is_run(source)
-    for depth in _exits(args):
-        branch, origin = checkpointed_branch(source, depth) if run else _adapter_branch(args, depth)
+    tokenizers: dict[str, tuple[PreTrainedTokenizerBase, str]] = {}  # and its GGUF pre-tokenizer
+    for branch, origin in _branches(args):
+        depth = origin.exit
         spec = resolve_model(origin.model)
+        if origin.model not in tokenizers:
+            pre = source_tokenizer_pre(spec) if "gguf" in args.format else "default"
+            tokenizers[origin.model] = (load_tokenizer(spec), pre)
+        tokenizer, tokenizer_pre = tokenizers[origin.model]
         default_out = source / "export" / exit_dir_name(depth) if run else source
         written = export_exit(
             branch,
             depth,
             args.format,
             args.out / exit_dir_name(depth) if args.out else default_out,
-            load_tokenizer(spec),
+            tokenizer,
             origin,
             gguf_types=args.gguf_types,
-            tokenizer_pre=source_tokenizer_pre(spec) if "gguf" in args.format else "default",
+            tokenizer_pre=tokenizer_pre,
             dtype=parse_dtype(args.dtype),
         )
         where = f"round {origin.round} of run {origin.run_id}" if origin.run_id else str(source)
