@@ -15,6 +15,7 @@ from famflow.collab import (
     local_chain,
     speculative_generate,
 )
+from famflow.collab.agreement import agreement_flags, speculative_acceptance
 from famflow.collab.protocol import HiddenRequest, TierReply
 from famflow.familial import ExitAdapterConfig
 from famflow.familial.inference import generate
@@ -217,3 +218,18 @@ def test_speculative_on_other_architectures_and_exit_layers(model_type, adapters
         expected = generate(family, prompt, 4, max_new_tokens=8)
         result = speculative_generate(nodes[0], local_chain(nodes), prompt, 8, draft_tokens=2)
         assert torch.equal(result.tokens, expected)
+
+
+@pytest.mark.parametrize("draft_tokens", [1, 3])
+def test_acceptance_replayed_on_agreement_flags_equals_speculative_decoding(family, draft_tokens):
+    exits = [EXITS[0], EXITS[-1]]
+    models = RouteModels(family)
+    nodes = build_nodes(models, exits)
+    for prompt in prompts(3):
+        result = speculative_generate(nodes[0], local_chain(nodes), prompt, 12, draft_tokens)
+        text = result.tokens[0]
+        flags = agreement_flags(models, exits, text)[exits[0]][prompt.shape[1] - 1 : -1]
+        accepted, drafted, rounds = speculative_acceptance(flags, draft_tokens)
+        assert accepted == sum(r.accepted for r in result.rounds)
+        assert drafted == sum(r.drafted for r in result.rounds)
+        assert rounds == len(result.rounds)
