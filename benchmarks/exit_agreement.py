@@ -38,22 +38,18 @@ from collab_inference import held_out_blocks
 from famflow.collab.agreement import agreement_flags, exit_agreement, speculative_acceptance
 from famflow.collab.nodes import TierNode
 from famflow.collab.route import RouteModels, build_nodes, load_route_models
-from famflow.familial.continuation_cache import cached_continuations, continuation_cache_file
+from famflow.familial.continuation_cache import (
+    adapters_identity,
+    cached_continuations,
+    continuation_cache_file,
+)
 from famflow.familial.continuations import greedy_continuations
-from famflow.familial.data.fetch import file_digest
 from famflow.familial.data.prompts import corpus_prompts
 from famflow.familial.presets import ModelSpec, resolve_model
 from famflow.familial.tokenizer import load_tokenizer
 
 SOURCES = {"chat": "chatterbot", "verse": "shakespeare"}
 TARGET = 1.25
-
-
-def adapters_identity(adapters: Path | None) -> list[str]:
-    if adapters is None:
-        return []
-    files = adapters.rglob("*.safetensors")
-    return sorted(f"{file.relative_to(adapters)}:{file_digest(file)}" for file in files)
 
 
 def top_continuations(

@@ -15,6 +15,7 @@ from famflow.commands.comm import add_comm_parser
 from famflow.commands.data import add_data_parser
 from famflow.commands.deploy import add_deploy_parser
 from famflow.commands.export import add_export_parser
+from famflow.commands.familialize import add_familialize_parser
 from famflow.commands.model import add_model_parsers
 from famflow.commands.report import add_report_parser
 from famflow.commands.train import add_train_parsers
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_parsers(sub)
     add_data_parser(sub)
     add_train_parsers(sub)
+    add_familialize_parser(sub)
     add_comm_parser(sub)
     add_deploy_parser(sub)
     add_report_parser(sub)

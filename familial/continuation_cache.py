@@ -11,6 +11,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from famflow.familial.data.fetch import file_digest
 from famflow.familial.paths import cache_root
 
 
@@ -24,6 +25,14 @@ def continuation_cache_file(identity: dict, prompts: Sequence[Sequence[int]]) ->
         digest.update(torch.as_tensor(list(prompt), dtype=torch.int64).numpy().tobytes())
         digest.update(b"|")
     return cache_root() / "continuations" / f"{digest.hexdigest()[:24]}.safetensors"
+
+
+def adapters_identity(adapters: Path | None) -> list[str]:
+    """What a directory of adapters holds, by file digest (for cache keys)."""
+    if adapters is None:
+        return []
+    files = Path(adapters).rglob("*.safetensors")
+    return sorted(f"{file.relative_to(adapters)}:{file_digest(file)}" for file in files)
 
 
 def _pack(rows: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:

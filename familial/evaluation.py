@@ -63,3 +63,27 @@ def evaluate(
             depth, loss, perplexity, correct[depth] / tokens, tokens, agreeing[depth] / tokens
         )
     return metrics
+
+
+@torch.no_grad()
+def continuation_agreement(
+    model: FamilialLM, texts: list[torch.Tensor], prompt_lengths: list[int]
+) -> dict[int, float]:
+    """Per exit below the deepest: the share of the deepest exit's tokens in its own greedy
+    continuations (``texts``, each after a prompt of ``prompt_lengths[i]`` tokens) that the
+    exit predicts too, teacher-forced: the acceptance of one-token drafts."""
+    exits = model.held_exits
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    agreeing = dict.fromkeys(exits[:-1], 0)
+    positions = 0
+    for text, start in zip(texts, prompt_lengths, strict=True):
+        logits = model(text.reshape(1, -1).to(device), exits=exits).logits
+        scored = slice(start - 1, len(text) - 1)
+        top = logits[exits[-1]][0, scored].argmax(dim=-1)
+        for depth in exits[:-1]:
+            agreeing[depth] += int((logits[depth][0, scored].argmax(dim=-1) == top).sum())
+        positions += len(text) - start
+    model.train(was_training)
+    return {depth: count / positions for depth, count in agreeing.items()} if positions else {}

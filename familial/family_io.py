@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from famflow.familial.config import FamilyConfig
+from famflow.familial.config import ExitAdapterConfig, FamilyConfig
 from famflow.familial.errors import FamflowError
 from famflow.familial.exits import refuse_pre_norm_translators
 from famflow.familial.model import FamilialLM
@@ -58,6 +58,20 @@ def read_exit_adapters(path: Path, family: FamilyConfig) -> dict[str, torch.Tens
         ) from None
     refuse_pre_norm_translators(tensors, file)
     return tensors
+
+
+def saved_family(directory: Path) -> FamilyConfig | None:
+    """The family settings ``family.json`` in ``directory`` records, if there is one."""
+    file = Path(directory) / FAMILY_FILE
+    if not Path(directory).is_dir() or not file.is_file():
+        return None
+    try:
+        data = dict(json.loads(file.read_text())["family"])
+        if isinstance(data.get("adapters"), dict):
+            data["adapters"] = ExitAdapterConfig(**data["adapters"])
+        return FamilyConfig.from_dict(data)
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        raise FamflowError(f"{file} is not a family famflow saved: re-save the adapters.") from None
 
 
 def saved_branch_depth(directory: Path) -> int | None:

@@ -6,6 +6,7 @@ holds are read from the checkpoint (memory-mapped) and assigned; nothing else is
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,7 +17,7 @@ from famflow.familial.architectures import architecture_for
 from famflow.familial.checkpoint import SafetensorsCheckpoint
 from famflow.familial.errors import FamflowError
 from famflow.familial.exits import FullTranslator, LowRankTranslator
-from famflow.familial.family_io import read_exit_adapters
+from famflow.familial.family_io import read_exit_adapters, saved_family
 from famflow.familial.model import FamilialLM
 from famflow.familial.presets import ModelSpec, resolve_model
 
@@ -38,6 +39,21 @@ def _check_exit(spec: ModelSpec, exit_depth: int | None) -> int:
         )
     spec.family.check_exit(exit_depth)
     return exit_depth
+
+
+def with_saved_family(spec: ModelSpec, adapters: Path | None) -> ModelSpec:
+    """``spec`` with the exit settings its saved adapters were trained with (``family.json``):
+    ``famflow familialize`` may give the exits their own layers. A family with other exits or
+    another style is left to ``read_exit_adapters`` to refuse."""
+    saved = saved_family(adapters) if adapters is not None else None
+    if saved is None or saved == spec.family:
+        return spec
+    same = (saved.exits, saved.exit_style, saved.shared_heads) == (
+        spec.family.exits,
+        spec.family.exit_style,
+        spec.family.shared_heads,
+    )
+    return dataclasses.replace(spec, family=saved) if same else spec
 
 
 def build_meta_branch(
@@ -88,7 +104,7 @@ def load_branch(
     is a directory or safetensors file written by ``familial.family_io.save_exit_adapters``;
     without it, exit adapters start from the trunk (final norm, layer ``depth``) and identity.
     """
-    spec = _spec(model)
+    spec = with_saved_family(_spec(model), adapters)
     dtype = dtype or spec.torch_dtype
     branch = build_meta_branch(spec, exit_depth, exits)
     saved = read_exit_adapters(adapters, spec.family) if adapters is not None else {}

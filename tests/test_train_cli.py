@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from famflow.__main__ import main
@@ -59,24 +60,36 @@ def test_train_local_writes_peft_adapters_and_metrics_per_branch(corpus, tmp_pat
     assert sorted(summary) == ["2", "4"]
 
 
-def test_familialize_trains_only_exit_adapters(corpus, tmp_path, monkeypatch):
+def test_familialize_distills_lower_exits_with_their_own_layers(corpus, tmp_path, monkeypatch):
     presets = tmp_path / "presets"
     presets.mkdir()
     (presets / "tiny-adapters.toml").write_text(TINY_WITH_ADAPTERS)
     monkeypatch.setenv("FAMFLOW_PRESETS", str(presets))
+    monkeypatch.setenv("FAMFLOW_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "family"
-    args = ["familialize", "tiny-adapters", "--data", str(corpus), "--seq-len", "16"]
-    assert main([*args, "--steps", "4", "--lr", "5e-2", "--out", str(out)]) == 0
+    args = ["familialize", "tiny-adapters", "--prompt-data", str(corpus), "--data", str(corpus)]
+    args += ["--prompts", "12", "--held-out-prompts", "3", "--new-tokens", "8", "--seq-len", "16"]
+    args += ["--corpus-blocks", "4", "--eval-blocks", "2", "--steps", "30", "--batch-size", "4"]
+    assert main([*args, "--lr", "1e-2", "--draft-vocab", "64", "--out", str(out)]) == 0
     assert not (out / "adapter_model.safetensors").exists()
     saved = load_file(out / "exit_adapters.safetensors")
-    assert {k.split(".")[1] for k in saved} == {"2", "4"}
+    assert any(k.startswith("exits.2.layer.") for k in saved)
+    assert not any(k.startswith("exits.4.layer.") for k in saved)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["distillation"]["last_loss"] < metrics["distillation"]["first_loss"]
+    assert 0 <= metrics["after"]["own_continuations"]["2"] <= 1
+    assert len(list((tmp_path / "cache" / "continuations").glob("*.safetensors"))) == 2
+
     spec = load_preset("tiny-adapters")
+    trained = load_branch(spec, adapters=out)  # takes the exit layers from family.json
+    assert trained.has_exit_layer(2)
     fresh = load_branch(spec)
-    trained = load_branch(spec, adapters=out)
-    assert not fresh.exit_head(2).norm.weight.equal(trained.exit_head(2).norm.weight)
+    trained_parameters = dict(trained.named_parameters())
     for name, param in fresh.named_parameters():
-        if not name.startswith("exits."):
-            assert param.equal(dict(trained.named_parameters())[name]), name
+        if not name.startswith("exits.2."):
+            assert param.equal(trained_parameters[name]), name
+    ids = torch.tensor([[5, 17, 33, 2, 9]])
+    assert torch.equal(fresh(ids).logits[4], trained(ids).logits[4])
 
 
 def test_train_local_errors_are_one_sentence(corpus, tmp_path, capsys):
@@ -94,8 +107,9 @@ def test_train_local_errors_are_one_sentence(corpus, tmp_path, capsys):
     assert "is not one of this family's exits [2, 4]" in error(
         "--data", str(corpus), "--branch", "3"
     )
-    assert main(["familialize", "tiny", "--data", str(corpus)]) == 1
-    assert "no exit adapters to train" in capsys.readouterr().err
+    missing = str(tmp_path / "missing.jsonl")
+    assert main(["familialize", "tiny", "--prompt-data", missing, "--data", str(corpus)]) == 1
+    assert "No dataset file at" in capsys.readouterr().err
 
 
 def test_generate_serves_the_trained_branch_with_its_lora(corpus, tmp_path, capsys):

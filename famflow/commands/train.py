@@ -1,4 +1,4 @@
-"""``famflow train-local`` and ``famflow familialize``: centralized training on one machine."""
+"""``famflow train-local``: centralized training of branches on one machine."""
 
 from __future__ import annotations
 
@@ -66,12 +66,6 @@ def add_train_parsers(sub: argparse._SubParsersAction) -> None:
     lora.add_argument("--no-lora", action="store_true", help="train exit adapters only")
     lora.add_argument("--no-exit-adapters", action="store_true", help="train LoRA only")
     local.set_defaults(run=cmd_train_local)
-
-    familialize = sub.add_parser(
-        "familialize", help="train exit adapters on a frozen dense model (EE-Tuning style)"
-    )
-    _add_common(familialize, "runs/familialize")
-    familialize.set_defaults(run=cmd_familialize)
 
 
 def _train_config(args: argparse.Namespace, train_lora: bool, exit_adapters: bool) -> TrainConfig:
@@ -181,15 +175,3 @@ def cmd_train_local(args: argparse.Namespace) -> None:
             "add [family.adapters] to its preset or train LoRA."
         )
     _run(args, branches, lora, _train_config(args, not args.no_lora, exit_adapters))
-
-
-def cmd_familialize(args: argparse.Namespace) -> None:
-    from famflow.familial.presets import resolve_model
-
-    spec = resolve_model(args.model)
-    if spec.family.adapters is None:
-        raise FamflowError(
-            f"{spec.name} has no exit adapters to train: add [family.adapters] "
-            "(norm, translator) to its preset."
-        )
-    _run(args, [spec.family.exits[-1]], None, _train_config(args, False, True))

@@ -1,0 +1,247 @@
+"""Self-distilled exits: each lower exit learns the top exit's distribution on a frozen trunk.
+
+The trunk and the top exit stay frozen, so what a lower exit reads (the trunk's hidden state
+at its depth) and what it imitates (the top exit's head input) are computed once per sequence
+and kept (``exit_features``). Training then runs only the exits' own parts: own layer, norm,
+translator. The loss is KL(top || exit) at a temperature over a draft vocabulary: the
+``draft_vocab`` tokens most frequent in the training sequences (FR-Spec), which cuts the
+cost of the heads, the bulk of a small model's exit, by vocab / draft_vocab. Sequences are
+the top exit's own greedy continuations (what drafting sees) and corpus blocks.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch.optim.lr_scheduler import LambdaLR
+
+from famflow.familial.continuations import left_padded
+from famflow.familial.errors import FamflowError
+from famflow.familial.model import FamilialLM
+
+logger = logging.getLogger("famflow.familial")
+
+
+@dataclass
+class DistillConfig:
+    """How the lower exits are distilled from the top one.
+
+    ``steps`` optimizer steps over batches of ``batch_size`` sequences; the exits' own layers
+    and norms at ``lr``, translators at ``lr * translator_lr_ratio`` (as ``TrainConfig``).
+    ``draft_vocab`` 0 distills over the full vocabulary.
+    """
+
+    steps: int = 200
+    batch_size: int = 32
+    lr: float = 3e-4
+    translator_lr_ratio: float = 0.1
+    temperature: float = 1.0
+    draft_vocab: int = 8192
+    max_grad_norm: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1:
+            raise FamflowError("Distillation needs steps and batch_size of at least 1.")
+        if self.lr <= 0 or self.temperature <= 0:
+            raise FamflowError("The distillation lr and temperature must be positive.")
+        if self.draft_vocab < 0:
+            raise FamflowError(f"draft_vocab must be 0 (full) or more, got {self.draft_vocab}.")
+
+
+@dataclass
+class ExitFeatures:
+    """One batch of sequences: ids, mask, positions, each lower exit's trunk input, and the
+    top exit's head input (the distillation target)."""
+
+    input_ids: torch.Tensor
+    mask: torch.Tensor
+    positions: torch.Tensor
+    trunk: dict[int, torch.Tensor]
+    target: torch.Tensor
+
+
+@dataclass
+class DistillResult:
+    steps: int
+    tokens: int
+    seconds: float
+    feature_seconds: float
+    losses: list[float] = field(default_factory=list)
+
+
+def _lower_exits(model: FamilialLM) -> list[int]:
+    lower = model.held_exits[:-1]
+    if not lower:
+        raise FamflowError(
+            f"Branch {model.branch} holds only exit {model.branch}: distill a branch that "
+            "holds lower exits too."
+        )
+    for depth in lower:
+        if model.trunk_depth(depth) < 1:
+            raise FamflowError(f"Exit {depth} reads the embeddings: it has no trunk to distill.")
+    return lower
+
+
+@torch.no_grad()
+def exit_features(
+    model: FamilialLM, sequences: Sequence[torch.Tensor], batch_size: int
+) -> list[ExitFeatures]:
+    """Run the frozen trunk once over ``sequences`` and keep what distillation reads."""
+    lower = _lower_exits(model)
+    top = model.held_exits[-1]
+    captured: dict[int, torch.Tensor] = {}
+
+    def keeper(depth: int) -> Callable[..., None]:
+        def hook(_module: torch.nn.Module, _inputs: object, output: object) -> None:
+            captured[depth] = output[0] if isinstance(output, tuple) else output
+
+        return hook
+
+    hooks = [
+        model.model.layers[model.trunk_depth(depth) - 1].register_forward_hook(keeper(depth))
+        for depth in lower
+    ]
+    model.eval()
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+    batches = []
+    try:
+        for start in range(0, len(order), batch_size):
+            ids, mask = left_padded(
+                [sequences[i].tolist() for i in order[start : start + batch_size]]
+            )
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            output = model(
+                ids,
+                exits=[top],
+                attention_mask=mask,
+                position_ids=positions,
+                output_hidden_states=True,
+            )
+            assert output.hidden_states is not None
+            batches.append(
+                ExitFeatures(
+                    ids,
+                    mask,
+                    positions,
+                    {d: captured[d] for d in lower},
+                    output.hidden_states[top],
+                )
+            )
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return batches
+
+
+def draft_vocabulary(sequences: Sequence[torch.Tensor], vocab_size: int, size: int) -> torch.Tensor:
+    """The ``size`` token ids most frequent in ``sequences`` (sorted); all ids when ``size`` is
+    0 or at least the vocabulary."""
+    if size == 0 or size >= vocab_size:
+        return torch.arange(vocab_size)
+    counts = torch.bincount(torch.cat(list(sequences)), minlength=vocab_size)
+    return counts.argsort(descending=True, stable=True)[:size].sort().values
+
+
+def _head_weight(model: FamilialLM, depth: int) -> torch.Tensor:
+    head = model.exit_head(depth).lm_head
+    weight = (head if head is not None else model.lm_head).weight
+    return weight
+
+
+def exit_draft_logits(
+    model: FamilialLM, depth: int, features: ExitFeatures, vocabulary: torch.Tensor
+) -> torch.Tensor:
+    """Exit ``depth``'s logits over ``vocabulary`` at every position of the batch."""
+    head = model.exit_head(depth)
+    hidden = features.trunk[depth]
+    if head.layer is not None:
+        masks = model._masks(hidden, features.mask, None, features.positions)
+        hidden = head.layer(
+            hidden,
+            attention_mask=masks[head.layer_type],
+            position_embeddings=model.model.rotary_emb(hidden, features.positions),
+            position_ids=features.positions,
+        )
+    return head.head_input(hidden, model.model.norm) @ _head_weight(model, depth)[vocabulary].T
+
+
+def _optimizer(model: FamilialLM, lower: list[int], config: DistillConfig) -> torch.optim.AdamW:
+    slow, rest = [], []
+    for depth in lower:
+        head = model.exit_head(depth)
+        translator = {id(p) for p in head.translator.parameters()} if head.translator else set()
+        for param in head.parameters():
+            if param is _head_weight(model, depth):
+                continue  # a head stays as it is: the draft head is the exported head
+            param.requires_grad_(True)
+            (slow if id(param) in translator else rest).append(param)
+    groups = [{"params": rest, "lr": config.lr}]
+    if slow:
+        groups.append({"params": slow, "lr": config.lr * config.translator_lr_ratio})
+    return torch.optim.AdamW(groups, lr=config.lr, weight_decay=0.0)
+
+
+def distill_exits(
+    model: FamilialLM, sequences: Sequence[torch.Tensor], config: DistillConfig
+) -> DistillResult:
+    """Train the lower exits' own parts toward the top exit on ``sequences`` (token ids)."""
+    if not sequences:
+        raise FamflowError("No sequences to distill on: give prompts or corpus blocks.")
+    lower = _lower_exits(model)
+    for param in model.parameters():
+        param.requires_grad_(False)
+    begin = time.perf_counter()
+    batches = exit_features(model, sequences, config.batch_size)
+    feature_seconds = time.perf_counter() - begin
+    vocabulary = draft_vocabulary(
+        sequences, _head_weight(model, lower[0]).shape[0], config.draft_vocab
+    )
+    top_weight = _head_weight(model, model.held_exits[-1])[vocabulary]
+    torch.manual_seed(config.seed)
+    optimizer = _optimizer(model, lower, config)
+    parameters = [p for group in optimizer.param_groups for p in group["params"]]
+    scheduler = LambdaLR(
+        optimizer,
+        lambda step: 0.5 * (1 + math.cos(math.pi * min(step, config.steps) / config.steps)),
+    )
+    generator = torch.Generator().manual_seed(config.seed)
+    result = DistillResult(0, 0, 0.0, feature_seconds)
+    t = config.temperature
+    model.train()
+    begin = time.perf_counter()
+    while result.steps < config.steps:
+        for index in torch.randperm(len(batches), generator=generator).tolist():
+            features = batches[index]
+            valid = features.mask.bool()
+            with torch.no_grad():
+                target = F.log_softmax(features.target[valid] @ top_weight.T / t, dim=-1)
+            loss = torch.zeros(())
+            for depth in lower:
+                logits = exit_draft_logits(model, depth, features, vocabulary)[valid]
+                student = F.log_softmax(logits / t, dim=-1)
+                kl = F.kl_div(student, target, log_target=True, reduction="batchmean")
+                loss = loss + kl * t * t
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(parameters, config.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            result.steps += 1
+            result.tokens += int(valid.sum())
+            loss = loss.detach()
+            result.losses.append(float(loss))
+            logger.info("distillation step %d/%d: KL %.4f", result.steps, config.steps, float(loss))
+            if result.steps == config.steps:
+                break
+    result.seconds = time.perf_counter() - begin
+    model.eval()
+    for param in model.parameters():
+        param.requires_grad_(False)
+    return result
