@@ -29,6 +29,11 @@ def left_padded(prompts: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.T
     return ids, mask
 
 
+def padded_positions(mask: torch.Tensor) -> torch.Tensor:
+    """Each row's positions counting only its own tokens (padding sits at 0)."""
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
 @torch.no_grad()
 def _decode_batch(
     model: FamilialLM,
@@ -40,7 +45,7 @@ def _decode_batch(
     device = next(model.parameters()).device
     ids, mask = left_padded(prompts)
     ids, mask = ids.to(device), mask.to(device)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    positions = padded_positions(mask)
     cache = DynamicCache()
     step = ids
     new: list[torch.Tensor] = []

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch.optim.lr_scheduler import LambdaLR
 
-from famflow.familial.continuations import left_padded
+from famflow.familial.continuations import left_padded, padded_positions
 from famflow.familial.errors import FamflowError
 from famflow.familial.model import FamilialLM
 
@@ -116,7 +116,7 @@ def exit_features(
             ids, mask = left_padded(
                 [sequences[i].tolist() for i in order[start : start + batch_size]]
             )
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            positions = padded_positions(mask)
             output = model(
                 ids,
                 exits=[top],
