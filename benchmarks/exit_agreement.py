@@ -97,7 +97,10 @@ def step_costs(
     top = exits[-1]
     costs: dict = {"step_s": {}, "verify_s": {}}
     for depth in exits:
-        node = build_nodes(models, [depth] if depth == top else [depth, top])[0]
+        if depth == top:
+            node = TierNode(models.trunk, 0, models.trunk.trunk_depth(top), top)
+        else:
+            node = build_nodes(models, [depth, top])[0]
         node.run(ids, 0, logits_from=None)
         length = node.length
         one_step = partial(_run_and_forget, node, ids[:, -1:], length)
