@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 from famflow.familial.errors import FamflowError
@@ -97,6 +97,12 @@ class FamilyConfig:
             raise FamflowError(
                 f"Exit {depth} is not one of this family's exits {self.exits}: pick one of them."
             )
+
+    def with_exit_layers(self) -> FamilyConfig:
+        """This family with an own decoder layer on every lower exit (``famflow familialize``);
+        exits without adapters get the default norm and translator too."""
+        adapters = replace(self.adapters or ExitAdapterConfig(), extra_layer=True)
+        return replace(self, adapters=adapters)
 
     def exits_up_to(self, depth: int) -> list[int]:
         self.check_exit(depth)

@@ -22,7 +22,6 @@ from typing import Any
 
 import torch
 
-from famflow.familial.config import ExitAdapterConfig
 from famflow.familial.continuation_cache import (
     adapters_identity,
     cached_continuations,
@@ -70,18 +69,16 @@ class FamilializeConfig:
 
 def familial_spec(spec: ModelSpec, exit_layers: bool) -> ModelSpec:
     """``spec`` whose lower exits have their own decoder layer when ``exit_layers`` (Ruyi's
-    exits always have one) and some exit part to train."""
+    exits always have one), with some exit part to train."""
     if spec.is_ruyi:
         return spec
-    adapters = spec.family.adapters or ExitAdapterConfig()
-    if exit_layers:
-        adapters = dataclasses.replace(adapters, extra_layer=True)
-    if adapters.is_empty:
+    family = spec.family.with_exit_layers() if exit_layers else spec.family
+    if family.adapters is None or family.adapters.is_empty:
         raise FamflowError(
             f"{spec.name}'s exits have nothing to train: keep --exit-layers or give the "
             "preset [family.adapters]."
         )
-    return dataclasses.replace(spec, family=dataclasses.replace(spec.family, adapters=adapters))
+    return dataclasses.replace(spec, family=family)
 
 
 def _continuations(

@@ -42,18 +42,13 @@ def _check_exit(spec: ModelSpec, exit_depth: int | None) -> int:
 
 
 def with_saved_family(spec: ModelSpec, adapters: Path | None) -> ModelSpec:
-    """``spec`` with the exit settings its saved adapters were trained with (``family.json``):
-    ``famflow familialize`` may give the exits their own layers. A family with other exits or
-    another style is left to ``read_exit_adapters`` to refuse."""
+    """``spec`` with its exits' own decoder layers when its saved adapters were trained with
+    them (``famflow familialize`` records that in ``family.json``). Any other difference is
+    left to ``read_exit_adapters`` to refuse."""
     saved = saved_family(adapters) if adapters is not None else None
-    if saved is None or saved == spec.family:
+    if saved is None or saved == spec.family or saved != spec.family.with_exit_layers():
         return spec
-    same = (saved.exits, saved.exit_style, saved.shared_heads) == (
-        spec.family.exits,
-        spec.family.exit_style,
-        spec.family.shared_heads,
-    )
-    return dataclasses.replace(spec, family=saved) if same else spec
+    return dataclasses.replace(spec, family=saved)
 
 
 def build_meta_branch(
