@@ -38,40 +38,13 @@ from collab_inference import held_out_blocks
 from famflow.collab.agreement import agreement_flags, exit_agreement, speculative_acceptance
 from famflow.collab.nodes import TierNode
 from famflow.collab.route import RouteModels, build_nodes, load_route_models
-from famflow.familial.continuation_cache import (
-    adapters_identity,
-    cached_continuations,
-    continuation_cache_file,
-)
-from famflow.familial.continuations import greedy_continuations
+from famflow.familial.continuation_cache import top_exit_continuations
 from famflow.familial.data.prompts import corpus_prompts
 from famflow.familial.presets import ModelSpec, resolve_model
 from famflow.familial.tokenizer import load_tokenizer
 
 SOURCES = {"chat": "chatterbot", "verse": "shakespeare"}
 TARGET = 1.25
-
-
-def top_continuations(
-    spec: ModelSpec,
-    models: RouteModels,
-    top: int,
-    adapters: Path | None,
-    prompts: list[list[int]],
-    new_tokens: int,
-    eos: int | None,
-) -> tuple[list[torch.Tensor], bool]:
-    identity = {
-        "model": spec.name,
-        "adapters": adapters_identity(adapters),
-        "exit": top,
-        "new_tokens": new_tokens,
-        "eos": eos,
-    }
-    file = continuation_cache_file(identity, prompts)
-    return cached_continuations(
-        file, lambda: greedy_continuations(models.trunk, prompts, top, new_tokens, eos)
-    )
 
 
 def _median_s(action, repeats: int) -> float:
@@ -160,7 +133,9 @@ def benchmark(
     for label, corpus in SOURCES.items():
         prompts = corpus_prompts(corpus, tokenizer, "held-out", prompts_per_source)
         begin = time.perf_counter()
-        texts, cached = top_continuations(spec, models, top, adapters, prompts, new_tokens, eos)
+        texts, cached = top_exit_continuations(
+            spec.name, models.trunk, prompts, new_tokens, eos, adapters
+        )
         made[label] = {"cached": cached, "seconds": time.perf_counter() - begin}
         flags[label] = {depth: [] for depth in exits[:-1]}
         for prompt, text in zip(prompts, texts, strict=True):

@@ -32,24 +32,15 @@ def agreement_flags(
 
 
 def exit_agreement(
-    models: RouteModels,
-    exits: list[int],
-    texts: Sequence[torch.Tensor],
-    scored_from: Sequence[int] | None = None,
+    models: RouteModels, exits: list[int], texts: Sequence[torch.Tensor]
 ) -> dict[int, float]:
-    """The share of positions of ``texts`` where each lower exit agrees with the top exit.
-
-    ``scored_from[i]`` > 0 scores text i only from that position to its second-last (the
-    positions that predict a continuation's tokens: the prompt's last one onwards).
-    """
+    """The share of positions of ``texts`` where each lower exit agrees with the top exit."""
     agreeing = dict.fromkeys(exits[:-1], 0)
     positions = 0
-    for index, text in enumerate(texts):
-        start = scored_from[index] if scored_from is not None else 0
-        stop = len(text) - 1 if start > 0 else len(text)
+    for text in texts:
         for depth, flags in agreement_flags(models, exits, text).items():
-            agreeing[depth] += int(flags[start:stop].sum())
-        positions += max(0, stop - start)
+            agreeing[depth] += int(flags.sum())
+        positions += len(text)
     return {depth: count / positions for depth, count in agreeing.items()} if positions else {}
 
 

@@ -11,7 +11,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from famflow.familial.continuations import greedy_continuations
 from famflow.familial.data.fetch import file_digest
+from famflow.familial.model import FamilialLM
 from famflow.familial.paths import cache_root
 
 
@@ -44,6 +46,30 @@ def _pack(rows: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def _unpack(tensors: dict[str, torch.Tensor]) -> list[torch.Tensor]:
     return list(torch.split(tensors["tokens"], tensors["lengths"].tolist()))
+
+
+def top_exit_continuations(
+    model_name: str,
+    model: FamilialLM,
+    prompts: list[list[int]],
+    new_tokens: int,
+    eos_token_id: int | None,
+    adapters: Path | None,
+) -> tuple[list[torch.Tensor], bool]:
+    """``model``'s deepest held exit's greedy continuations of ``prompts``, made once per
+    machine; and whether they were read from the cache."""
+    top = model.held_exits[-1]
+    identity = {
+        "model": model_name,
+        "adapters": adapters_identity(adapters),
+        "exit": top,
+        "new_tokens": new_tokens,
+        "eos": eos_token_id,
+    }
+    return cached_continuations(
+        continuation_cache_file(identity, prompts),
+        lambda: greedy_continuations(model, prompts, top, new_tokens, eos_token_id),
+    )
 
 
 def cached_continuations(

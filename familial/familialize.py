@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -22,12 +21,7 @@ from typing import Any
 
 import torch
 
-from famflow.familial.continuation_cache import (
-    adapters_identity,
-    cached_continuations,
-    continuation_cache_file,
-)
-from famflow.familial.continuations import greedy_continuations
+from famflow.familial.continuation_cache import top_exit_continuations
 from famflow.familial.data.config import DataConfig
 from famflow.familial.data.prepare import prepare_data
 from famflow.familial.data.prompts import corpus_prompts
@@ -35,13 +29,11 @@ from famflow.familial.errors import FamflowError
 from famflow.familial.evaluation import continuation_agreement, evaluate
 from famflow.familial.family_io import save_exit_adapters
 from famflow.familial.loading import load_branch
+from famflow.familial.local_training import METRICS_FILE
 from famflow.familial.model import FamilialLM
 from famflow.familial.presets import ModelSpec
 from famflow.familial.self_distillation import DistillConfig, distill_exits
 from famflow.familial.tokenizer import load_tokenizer
-
-logger = logging.getLogger("famflow.familial")
-METRICS_FILE = "metrics.json"
 
 
 @dataclass
@@ -81,28 +73,6 @@ def familial_spec(spec: ModelSpec, exit_layers: bool) -> ModelSpec:
     return dataclasses.replace(spec, family=family)
 
 
-def _continuations(
-    spec: ModelSpec,
-    branch: FamilialLM,
-    prompts: list[list[int]],
-    config: FamilializeConfig,
-    eos: int | None,
-    adapters: Path | None,
-) -> tuple[list[torch.Tensor], bool]:
-    top = branch.held_exits[-1]
-    identity = {
-        "model": spec.name,
-        "adapters": adapters_identity(adapters),
-        "exit": top,
-        "new_tokens": config.new_tokens,
-        "eos": eos,
-    }
-    return cached_continuations(
-        continuation_cache_file(identity, prompts),
-        lambda: greedy_continuations(branch, prompts, top, config.new_tokens, eos),
-    )
-
-
 def _agreement_row(
     branch: FamilialLM, texts: list[torch.Tensor], lengths: list[int], blocks: torch.Tensor
 ) -> dict[str, Any]:
@@ -130,10 +100,12 @@ def familialize(
     made = {}
     for source in config.prompt_sources:
         prompts = corpus_prompts(source, tokenizer, "train", config.prompts_per_source)
-        texts, cached = _continuations(spec, branch, prompts, config, eos, adapters)
+        texts, cached = top_exit_continuations(
+            spec.name, branch, prompts, config.new_tokens, eos, adapters
+        )
         train += texts
         kept = corpus_prompts(source, tokenizer, "held-out", config.held_out_prompts)
-        held += _continuations(spec, branch, kept, config, eos, adapters)[0]
+        held += top_exit_continuations(spec.name, branch, kept, config.new_tokens, eos, adapters)[0]
         held_lengths += [len(p) for p in kept]
         made[source] = {"prompts": len(prompts), "cached": cached}
     generation_s = time.perf_counter() - begin

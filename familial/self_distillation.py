@@ -24,6 +24,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from famflow.familial.continuations import left_padded, padded_positions
 from famflow.familial.errors import FamflowError
 from famflow.familial.model import FamilialLM
+from famflow.familial.training import make_optimizer
 
 logger = logging.getLogger("famflow.familial")
 
@@ -41,6 +42,7 @@ class DistillConfig:
     batch_size: int = 32
     lr: float = 3e-4
     translator_lr_ratio: float = 0.1
+    weight_decay: float = 0.0
     temperature: float = 1.0
     draft_vocab: int = 8192
     max_grad_norm: float = 1.0
@@ -151,8 +153,7 @@ def draft_vocabulary(sequences: Sequence[torch.Tensor], vocab_size: int, size: i
 
 def _head_weight(model: FamilialLM, depth: int) -> torch.Tensor:
     head = model.exit_head(depth).lm_head
-    weight = (head if head is not None else model.lm_head).weight
-    return weight
+    return (head if head is not None else model.lm_head).weight
 
 
 def exit_draft_logits(
@@ -172,20 +173,16 @@ def exit_draft_logits(
     return head.head_input(hidden, model.model.norm) @ _head_weight(model, depth)[vocabulary].T
 
 
-def _optimizer(model: FamilialLM, lower: list[int], config: DistillConfig) -> torch.optim.AdamW:
-    slow, rest = [], []
+def _trainable_parameters(model: FamilialLM, lower: list[int]) -> list[torch.nn.Parameter]:
+    """The lower exits' own parts, made trainable; a head stays as it is (the draft head is
+    the exported head)."""
+    parameters = []
     for depth in lower:
-        head = model.exit_head(depth)
-        translator = {id(p) for p in head.translator.parameters()} if head.translator else set()
-        for param in head.parameters():
-            if param is _head_weight(model, depth):
-                continue  # a head stays as it is: the draft head is the exported head
-            param.requires_grad_(True)
-            (slow if id(param) in translator else rest).append(param)
-    groups = [{"params": rest, "lr": config.lr}]
-    if slow:
-        groups.append({"params": slow, "lr": config.lr * config.translator_lr_ratio})
-    return torch.optim.AdamW(groups, lr=config.lr, weight_decay=0.0)
+        for param in model.exit_head(depth).parameters():
+            if param is not _head_weight(model, depth):
+                param.requires_grad_(True)
+                parameters.append(param)
+    return parameters
 
 
 def distill_exits(
@@ -205,8 +202,8 @@ def distill_exits(
     )
     top_weight = _head_weight(model, model.held_exits[-1])[vocabulary]
     torch.manual_seed(config.seed)
-    optimizer = _optimizer(model, lower, config)
-    parameters = [p for group in optimizer.param_groups for p in group["params"]]
+    parameters = _trainable_parameters(model, lower)
+    optimizer = make_optimizer(model, parameters, config)
     scheduler = LambdaLR(
         optimizer,
         lambda step: 0.5 * (1 + math.cos(math.pi * min(step, config.steps) / config.steps)),

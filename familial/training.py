@@ -7,7 +7,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F  # noqa: N812
@@ -172,8 +172,14 @@ def trainable_setup(
     return weights, exits, parameters
 
 
+class OptimizerSettings(Protocol):
+    lr: float
+    translator_lr_ratio: float
+    weight_decay: float
+
+
 def make_optimizer(
-    model: FamilialLM, parameters: list[torch.nn.Parameter], config: TrainConfig
+    model: FamilialLM, parameters: list[torch.nn.Parameter], config: OptimizerSettings
 ) -> torch.optim.AdamW:
     """AdamW over ``parameters``; the exit translators at ``lr * translator_lr_ratio``."""
     translators = {
