@@ -20,13 +20,14 @@ def agreement_flags(
     models: RouteModels, exits: list[int], text: torch.Tensor
 ) -> dict[int, torch.Tensor]:
     """Per lower exit of the route: at each position of ``text`` (token ids), whether its greedy
-    token equals the top exit's, each exit reading the hidden state the route hands it."""
+    token (its draft: within the draft vocabulary, if the route has one) equals the top exit's,
+    each exit reading the hidden state the route hands it."""
     inputs = text.reshape(1, -1)
     picks = []
     for node in build_nodes(models, exits):  # fresh caches per text
-        output = node.run(inputs, 0, logits_from=0)
-        assert output.logits is not None
-        picks.append(output.logits[0].argmax(dim=-1))
+        output = node.run(inputs, 0, greedy_from=0)
+        assert output.tokens is not None
+        picks.append(output.tokens[0])
         inputs = output.hidden
     return {depth: pick == picks[-1] for depth, pick in zip(exits, picks[:-1], strict=False)}
 

@@ -39,6 +39,10 @@ class Round:
     drafted: int = 0
     accepted: int = 0
     resolved_by: int = 0
+    # Pre-drafting: device seconds spent during this round's flight, and whether the next
+    # round's drafts came from them (then that round's own device compute is 0).
+    overlapped_s: float = 0.0
+    reused: bool = False
 
     @property
     def round_trip(self) -> bool:
@@ -101,6 +105,44 @@ def _finish(new: list[int], room: int, eos_token_id: int | None) -> tuple[list[i
     return new, len(new) == room
 
 
+@dataclass
+class _Drafts:
+    """One round's device work: the positions it ran from ``start`` (their hidden rows), the
+    drafts, the device's guess of the token after the last draft (pre-drafting) and seconds."""
+
+    start: int
+    hiddens: list[torch.Tensor]
+    drafts: list[int]
+    guess: int | None
+    seconds: float
+
+
+def _draft_round(
+    device: TierNode, pending: torch.Tensor, k: int, eos_token_id: int | None, guess: bool
+) -> _Drafts:
+    """Run the pending token(s), draft ``k`` tokens and run the last draft too; with ``guess``
+    also read the device's own next token after the last draft."""
+    begin = time.perf_counter()
+    start = device.length
+    wants = k > 0 or guess
+    output = device.run(pending, start, greedy_from=pending.shape[1] - 1 if wants else None)
+    hiddens, drafts = [output.hidden[0]], []
+    while len(drafts) < k:
+        assert output.tokens is not None
+        draft = int(output.tokens[0, -1])
+        drafts.append(draft)
+        more = (len(drafts) < k or guess) and draft != eos_token_id
+        output = device.run(torch.tensor([[draft]]), device.length, greedy_from=0 if more else None)
+        hiddens.append(output.hidden[0])
+        if draft == eos_token_id:
+            break
+    ended = bool(drafts) and drafts[-1] == eos_token_id
+    next_token = (
+        int(output.tokens[0, -1]) if guess and not ended and output.tokens is not None else None
+    )
+    return _Drafts(start, hiddens, drafts, next_token, time.perf_counter() - begin)
+
+
 @torch.no_grad()
 def speculative_generate(
     device: TierNode,
@@ -110,8 +152,15 @@ def speculative_generate(
     draft_tokens: int = 4,
     codec: str = "fp32",
     eos_token_id: int | None = None,
+    predraft: bool = False,
 ) -> CollabResult:
-    """Greedy hierarchical speculative decoding from ``device`` through ``upstream``."""
+    """Greedy hierarchical speculative decoding from ``device`` through ``upstream``.
+
+    ``predraft``: while a verification is in flight, the device drafts the next round as if
+    every draft were accepted and the top's next token were the device's own guess. When the
+    reply says so, that round is sent at once; otherwise the device forgets it. Its compute
+    overlaps the flight (``Round.overlapped_s``) and is never on the critical path.
+    """
     _check_prompt(input_ids, device)
     check_codec(codec)
     if draft_tokens < 0:
@@ -119,40 +168,58 @@ def speculative_generate(
     device.reset()
     tokens = input_ids[0].tolist()
     result = CollabResult(input_ids, len(tokens))
-    pending = input_ids
-    done = max_new_tokens < 1
-    while not done:
-        room = max_new_tokens - (len(tokens) - result.prompt_length)
+    room = max_new_tokens
+    ready = None
+    while room > 0:
         k = min(draft_tokens, room - 1)
-        start = device.length
-        begin = time.perf_counter()
-        output = device.run(pending, start, logits_from=pending.shape[1] - 1 if k else None)
-        hiddens, drafts = [output.hidden[0]], []
-        while len(drafts) < k:
-            assert output.logits is not None
-            draft = int(output.logits[0, -1].argmax())
-            drafts.append(draft)
-            more = len(drafts) < k and draft != eos_token_id
-            output = device.run(torch.tensor([[draft]]), device.length, 0 if more else None)
-            hiddens.append(output.hidden[0])
-            if not more:
-                break
-        compute = time.perf_counter() - begin
-        request = HiddenRequest("verify", start, torch.cat(hiddens), codec, drafts).encode()
+        if ready is None:
+            pending = torch.tensor([tokens[device.length :]])
+            ready = _draft_round(device, pending, k, eos_token_id, predraft)
+        current, ready = ready, None
+        request = HiddenRequest(
+            "verify", current.start, torch.cat(current.hiddens), codec, current.drafts
+        ).encode()
         answer = upstream.exchange(request)
         reply = TierReply.decode(answer)
+        drafts = current.drafts
         if reply.accepted > len(drafts) or len(reply.tokens) != reply.accepted + 1:
             raise FamflowError(
                 f"The tier above accepted {reply.accepted} of {len(drafts)} drafts and sent "
                 f"{len(reply.tokens)} tokens: it does not speak this protocol version."
             )
-        device.rollback(device.length - len(drafts) + reply.accepted)
+        kept = current.start + len(current.hiddens) - len(drafts) + reply.accepted
+        overlapped = 0.0
+        after = room - len(drafts) - 1
+        if current.guess is not None and after > 0:
+            # The device drafted on during the flight; what it did is kept only if the reply
+            # is what it guessed.
+            guessed = _draft_round(
+                device,
+                torch.tensor([[current.guess]]),
+                min(draft_tokens, after - 1),
+                eos_token_id,
+                predraft,
+            )
+            overlapped = guessed.seconds
+            if reply.accepted == len(drafts) and reply.tokens[-1] == current.guess:
+                ready = guessed
+        if ready is None:
+            device.rollback(kept)
         new, done = _finish(reply.tokens, room, eos_token_id)
         tokens += new
-        pending = torch.tensor([[new[-1]]])
+        room = 0 if done else room - len(new)
+        compute = current.seconds if not result.rounds or not result.rounds[-1].reused else 0.0
         trace = [TraceEntry(compute, len(request), len(answer)), *reply.trace]
         result.rounds.append(
-            Round(trace, len(new), len(drafts), reply.accepted, resolved_by=len(trace) - 1)
+            Round(
+                trace,
+                len(new),
+                len(drafts),
+                reply.accepted,
+                resolved_by=len(trace) - 1,
+                overlapped_s=overlapped,
+                reused=ready is not None,
+            )
         )
     result.tokens = torch.tensor([tokens])
     return result

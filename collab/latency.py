@@ -70,9 +70,11 @@ def collaborative_latency(result: CollabResult, hop_links: Sequence[Link]) -> fl
     total = 0.0
     for step in result.rounds:
         total += step.trace[0].compute_s
+        flight = 0.0
         for hop, (lower, upper) in enumerate(zip(step.trace, step.trace[1:], strict=False)):
-            total += hop_links[hop].exchange_s(lower.request_bytes, lower.reply_bytes)
-            total += upper.compute_s
+            flight += hop_links[hop].exchange_s(lower.request_bytes, lower.reply_bytes)
+            flight += upper.compute_s
+        total += max(flight, step.overlapped_s)  # pre-drafting runs during the flight
     return total
 
 

@@ -31,10 +31,13 @@ class NodeOutput:
     """``hidden``: the trunk hidden state after the node's last layer, one row per position.
 
     ``logits``: the node's exit logits for the rows from ``logits_from`` on (None if not asked).
+    ``tokens``: the node's greedy tokens for the rows from ``greedy_from`` on (None if not
+    asked), chosen within its draft vocabulary when it has one.
     """
 
     hidden: torch.Tensor
     logits: torch.Tensor | None
+    tokens: torch.Tensor | None = None
 
 
 class TierNode:
@@ -55,6 +58,7 @@ class TierNode:
         exit_depth: int,
         exit_model: FamilialLM | None = None,
         name: str = "",
+        draft_vocabulary: torch.Tensor | None = None,
     ) -> None:
         exit_model = trunk if exit_model is None else exit_model
         runs_a_layer = start < stop or exit_model.has_exit_layer(exit_depth)
@@ -79,6 +83,21 @@ class TierNode:
         self.length = 0
         parameter = next(trunk.parameters())
         self.dtype, self.device = parameter.dtype, parameter.device
+        self.draft_vocabulary: torch.Tensor | None = None
+        self._draft_rows: torch.Tensor | None = None
+        if draft_vocabulary is not None:
+            self.restrict_drafts(draft_vocabulary)
+
+    def restrict_drafts(self, vocabulary: torch.Tensor | None) -> None:
+        """Choose greedy tokens only among ``vocabulary`` (None: the whole vocabulary)."""
+        if vocabulary is None:
+            self.draft_vocabulary = self._draft_rows = None
+            return
+        head = self.head.lm_head if self.head.lm_head is not None else self.shared_head
+        assert head is not None, "an exit without its own head needs the shared lm_head"
+        vocabulary = vocabulary.to(device=self.device, dtype=torch.long)
+        self.draft_vocabulary = vocabulary
+        self._draft_rows = head.weight.detach()[vocabulary].contiguous()
 
     @property
     def takes_tokens(self) -> bool:
@@ -114,7 +133,11 @@ class TierNode:
 
     @torch.no_grad()
     def run(
-        self, inputs: torch.Tensor, position: int, logits_from: int | None = None
+        self,
+        inputs: torch.Tensor,
+        position: int,
+        logits_from: int | None = None,
+        greedy_from: int | None = None,
     ) -> NodeOutput:
         """Run the positions ``[position, position + rows)`` given as ids or hidden states.
 
@@ -147,13 +170,21 @@ class TierNode:
             mask = masks[self.head.layer_type]
             exit_hidden = self.head.layer(exit_hidden, attention_mask=mask, **layer_kwargs)
         self.length += rows
-        logits = None
+        logits = tokens = None
         if logits_from is not None:
             logits = self._exit_logits(exit_hidden[:, logits_from:])
-        return NodeOutput(hidden=hidden, logits=logits)
+        if greedy_from is not None:
+            tokens = self._greedy(exit_hidden[:, greedy_from:])
+        return NodeOutput(hidden=hidden, logits=logits, tokens=tokens)
 
     def _exit_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.head.logits(hidden, self.shared_norm, self.shared_head)
+
+    def _greedy(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self._draft_rows is None or self.draft_vocabulary is None:
+            return self._exit_logits(hidden).argmax(dim=-1)
+        scores = self.head.head_input(hidden, self.shared_norm) @ self._draft_rows.T
+        return self.draft_vocabulary[scores.argmax(dim=-1)]
 
     def _masks(
         self, hidden: torch.Tensor, positions: torch.Tensor, layers: list[tuple[nn.Module, str]]

@@ -13,6 +13,8 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from famflow.collab.nodes import TierNode
 from famflow.collab.service import TierService
 from famflow.collab.tiers import UpperTier
@@ -58,10 +60,12 @@ def tier_names(count: int) -> list[str]:
 @dataclass
 class RouteModels:
     """``trunk``: runs every trunk layer and holds the top exit; ``branches``: the refreshed
-    branch of any lower exit whose head differs from ``trunk``'s."""
+    branch of any lower exit whose head differs from ``trunk``'s; ``draft_vocabulary``: the
+    token ids lower exits draft over, when the adapters carry one (``famflow familialize``)."""
 
     trunk: FamilialLM
     branches: dict[int, FamilialLM] = field(default_factory=dict)
+    draft_vocabulary: torch.Tensor | None = None
 
     def branch(self, depth: int) -> FamilialLM:
         """The model that holds exit ``depth``'s head (also what device-only runs)."""
@@ -69,12 +73,14 @@ class RouteModels:
 
 
 def build_nodes(models: RouteModels, exits: list[int]) -> list[TierNode]:
-    """One node per tier: trunk layers from the previous tier's exit point to its own."""
+    """One node per tier: trunk layers from the previous tier's exit point to its own; the
+    tiers below the top draft over the route's draft vocabulary."""
     nodes, start = [], 0
     for name, depth in zip(tier_names(len(exits)), exits, strict=True):
         head_model = models.branch(depth)
         stop = head_model.trunk_depth(depth)
-        nodes.append(TierNode(models.trunk, start, stop, depth, head_model, name=name))
+        drafts = models.draft_vocabulary if depth != exits[-1] else None
+        nodes.append(TierNode(models.trunk, start, stop, depth, head_model, name, drafts))
         start = stop
     return nodes
 
@@ -115,6 +121,7 @@ def load_route_models(spec: ModelSpec, exits: list[int], adapters: Path | None) 
     trunk, every lower exit its own head) or a train-local/familialize output (one
     directory for every exit up to the top one).
     """
+    from famflow.familial.family_io import read_draft_vocabulary
     from famflow.familial.loading import load_branch
     from famflow.familial.local_training import load_trained_branch
 
@@ -122,8 +129,10 @@ def load_route_models(spec: ModelSpec, exits: list[int], adapters: Path | None) 
     if adapters is None:
         return RouteModels(load_branch(spec, top, exits=exits).eval())
     adapters = Path(adapters)
+    vocab_size = int(spec.base_config().vocab_size)
     if not (adapters / exit_dir_name(top)).is_dir():
-        return RouteModels(load_trained_branch(spec, top, adapters))
+        trunk = load_trained_branch(spec, top, adapters)
+        return RouteModels(trunk, draft_vocabulary=read_draft_vocabulary(adapters, vocab_size))
     missing = [e for e in exits if not (adapters / exit_dir_name(e)).is_dir()]
     if missing:
         raise FamflowError(

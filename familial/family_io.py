@@ -15,6 +15,7 @@ from famflow.familial.model import FamilialLM
 
 ADAPTERS_FILE = "exit_adapters.safetensors"
 FAMILY_FILE = "family.json"
+DRAFT_VOCABULARY_FILE = "draft_vocabulary.safetensors"
 
 
 def exit_parameters(model: FamilialLM) -> dict[str, torch.Tensor]:
@@ -84,3 +85,30 @@ def saved_branch_depth(directory: Path) -> int | None:
     except (json.JSONDecodeError, AttributeError):
         raise FamflowError(f"{family} is not valid JSON: re-save the adapters.") from None
     return max(int(depth) for depth in held) if held else None
+
+
+def save_draft_vocabulary(directory: Path, vocabulary: torch.Tensor) -> Path:
+    """Write the token ids the lower exits draft over (FR-Spec) into ``directory``."""
+    file = Path(directory) / DRAFT_VOCABULARY_FILE
+    file.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"token_ids": vocabulary.to(torch.int64).contiguous().cpu()}, str(file))
+    return file
+
+
+def read_draft_vocabulary(directory: Path | None, vocab_size: int) -> torch.Tensor | None:
+    """The draft vocabulary saved in ``directory`` (None when there is none)."""
+    file = Path(directory) / DRAFT_VOCABULARY_FILE if directory is not None else None
+    if file is None or not file.is_file():
+        return None
+    try:
+        ids = load_file(str(file))["token_ids"]
+    except Exception:  # safetensors raises several types for a corrupt file
+        ids = None
+    if ids is None or ids.ndim != 1 or len(ids) == 0 or ids.dtype != torch.int64:
+        raise FamflowError(f"{file} is not a draft vocabulary famflow saved: re-run familialize.")
+    if int(ids.min()) < 0 or int(ids.max()) >= vocab_size:
+        raise FamflowError(
+            f"{file} names token ids outside the model's {vocab_size}: it belongs to another "
+            "model; re-run familialize for this one."
+        )
+    return ids

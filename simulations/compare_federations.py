@@ -3,14 +3,16 @@
 Each scenario is a Flower simulation (in-process ``run_simulation``, one 2-CPU client actor,
 so clients train one after another) of the run config in pyproject.toml with the scenario's
 changes; ``train-local`` trains the deepest branch centrally on the union of the same client
-partitions for the same total number of steps. The table gives the final perplexity per exit
-on the union of every node's held-out blocks (each exported exit evaluated once, so scenarios
-compare on the same tokens; results.json also keeps the federation's own per-node means),
-bytes per round per tier, wall time, and the largest share of a round spent outside client
-training (rounds after the first).
+partitions for the same total number of steps; ``local-only`` trains every node alone on its
+own partition for the local steps the federation gives it (its ``ppl@`` cells are the best
+node's; a second table sets each federation against every node, per exit). The table gives
+the final perplexity per exit on the union of every node's held-out blocks (each exported
+exit evaluated once, so scenarios compare on the same tokens; results.json also keeps the
+federation's own per-node means), bytes per round per tier, wall time, and the largest share
+of a round spent outside client training (rounds after the first).
 
     .venv/bin/python simulations/compare_federations.py --scenario mixed-flexlora \\
-        --scenario mixed-fedit --scenario device-only --set num-server-rounds=3
+        --scenario local-only --set num-server-rounds=3
 """
 
 from __future__ import annotations
@@ -164,10 +166,91 @@ def train_locally(run_config: dict[str, Any], steps: int | None = None) -> dict[
     }
 
 
+def train_nodes_alone(run_config: dict[str, Any]) -> dict[str, Any]:
+    """Each node of the federation trains alone on its own partition (local-only).
+
+    A node trains the branch its profile gives, at its tier's rank, for the local steps the
+    federation gives it over all rounds, at the federation's learning rate, its translators
+    calibrated on its own blocks; every node is evaluated on the union of held-out blocks.
+    """
+    from famflow.clients.task import get_data, node_profile
+    from famflow.familial.local_training import train_branch
+    from famflow.familial.presets import resolve_model
+    from famflow.familial.training import TrainConfig
+    from famflow.federation.contract import lora_settings
+
+    config = FederationConfig.from_run_config(run_config)
+    spec = resolve_model(config.model)
+    validation = union_validation(config)
+    nodes = {}
+    start = time.perf_counter()
+    for partition in range(config.node_count()):
+        profile = node_profile(config, {"partition-id": partition})
+        train_config = TrainConfig(
+            steps=config.num_server_rounds * config.local_steps_of(profile["tier"]),
+            batch_size=config.batch_size,
+            lr=config.lr,
+            min_lr_ratio=1.0,
+            distill_weight=config.distill_weight,
+            train_exit_adapters=config.train_exit_adapters,
+            seed=config.seed + partition,
+        )
+        metrics = train_branch(
+            spec,
+            profile["exit"],
+            get_data(config, partition).train,
+            validation,
+            train_config,
+            lora_settings(config, profile["rank"]),
+            Path(config.out_dir) / f"node-{partition}",
+            calibration_blocks=config.calibration_blocks if config.calibrate_exits else 0,
+        )
+        nodes[str(partition)] = {
+            "tier": profile["tier"],
+            "exit": profile["exit"],
+            "perplexity": {d: m["perplexity"] for d, m in metrics["after"].items()},
+        }
+    best = {}
+    for node in nodes.values():
+        for depth, perplexity in node["perplexity"].items():
+            best[depth] = min(best.get(depth, float("inf")), perplexity)
+    return {
+        "nodes": nodes,
+        "union": best,
+        "bytes_up_per_round": {},
+        "seconds": time.perf_counter() - start,
+        "outside_training": float("nan"),
+    }
+
+
+def joining_table(results: dict[str, Any]) -> list[str]:
+    """Per exit: each federation's union perplexity against every local-only node's."""
+    alone = results.get("local-only")
+    federations = {n: r for n, r in results.items() if n not in ("local-only", "train-local")}
+    if not alone or not federations:
+        return []
+    lines = ["", "Does joining pay? Union held-out perplexity per exit (lower is better)"]
+    for name, result in federations.items():
+        for depth, perplexity in sorted(result["union"].items(), key=lambda item: int(item[0])):
+            locals_ = [
+                (p, node["perplexity"][depth])
+                for p, node in alone["nodes"].items()
+                if depth in node["perplexity"]
+            ]
+            cells = ", ".join(f"node {p} {value:.4g}" for p, value in locals_)
+            wins = all(perplexity < value for _, value in locals_)
+            verdict = "beats every local-only node" if wins else "does NOT beat every node"
+            lines.append(f"  exit {depth}: {name} {perplexity:.4g} {verdict} ({cells})")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
-        "--scenario", action="append", choices=[*SCENARIOS, "train-local"], required=True
+        "--scenario",
+        action="append",
+        choices=[*SCENARIOS, "train-local", "local-only"],
+        required=True,
     )
     parser.add_argument("--set", action="append", default=[], help="run-config key=value")
     parser.add_argument(
@@ -183,6 +266,8 @@ def main() -> None:
         run_config["out-dir"] = str(args.out / name)
         if name == "train-local":
             results[name] = train_locally(run_config, args.train_local_steps)
+        elif name == "local-only":
+            results[name] = train_nodes_alone(run_config)
         else:
             results[name] = federate(run_config)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -203,6 +288,8 @@ def main() -> None:
             f"{name:<16} {ppl} {tiers:>40} {result['seconds']:>8.0f} "
             f"{result['outside_training']:>8.1%}"
         )
+    for line in joining_table(results):
+        print(line)
 
 
 if __name__ == "__main__":

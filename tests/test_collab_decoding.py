@@ -117,6 +117,24 @@ def test_speculative_output_equals_full_greedy(family, draft_tokens):
         assert result.rounds[0].drafted == min(draft_tokens, 13)
 
 
+@pytest.mark.parametrize("draft_tokens", [0, 2, 4])
+def test_predrafting_keeps_the_output_and_reuses_rounds_it_guessed(family, draft_tokens):
+    nodes = build_nodes(RouteModels(family), EXITS)
+    reused = discarded = 0
+    for prompt in prompts(count=6, seed=6):
+        expected = generate(family, prompt, EXITS[-1], max_new_tokens=14)
+        result = speculative_generate(
+            nodes[0], local_chain(nodes), prompt, 14, draft_tokens, predraft=True
+        )
+        assert torch.equal(result.tokens, expected)
+        for before, after in zip(result.rounds, result.rounds[1:], strict=False):
+            # A round drafted during the previous flight costs the device nothing more.
+            assert (after.trace[0].compute_s == 0) == before.reused
+        reused += sum(r.reused for r in result.rounds)
+        discarded += sum(r.overlapped_s > 0 and not r.reused for r in result.rounds)
+    assert reused and discarded
+
+
 def test_rollback_keeps_every_cache_at_the_accepted_length(family):
     nodes = build_nodes(RouteModels(family), EXITS)
     outcomes = []

@@ -139,6 +139,18 @@ def test_latency_model_adds_compute_and_every_hop():
     assert per_token == pytest.approx(0.5 + 0.06 + 20e-6 + 2e-6 + 5 * (0.06 + 8e-6 + 8e-7))
 
 
+def test_predrafting_overlaps_the_flight_and_costs_only_what_outlasts_it():
+    link = Link(8e6, 0.05)
+    rounds = [
+        # Pre-drafting for 0.02 s during a 0.05 + 1100e-6 + 0.03 s flight: hidden by it.
+        Round([TraceEntry(0.01, 1000, 100), TraceEntry(0.03)], 3, overlapped_s=0.02),
+        # Pre-drafting that outlasts the flight: the round waits for the device.
+        Round([TraceEntry(0.0, 1000, 100), TraceEntry(0.03)], 3, overlapped_s=0.2),
+    ]
+    expected = 0.01 + (0.05 + 1100e-6 + 0.03) + 0.0 + 0.2
+    assert collaborative_latency(_result(rounds), [link]) == pytest.approx(expected)
+
+
 def test_acceptance_a_speedup_needs():
     # A 0.2 s round trip of 4 drafts against 0.05 s per cloud token: 1.25x needs 5 tokens per
     # round trip, every draft accepted; 1x needs 4, three drafts in four.
