@@ -30,7 +30,12 @@ import torch
 
 from famflow.collab.agreement import exit_agreement
 from famflow.collab.compare import RouteComparison, compare_route
-from famflow.collab.latency import Link, acceptance_for_speedup
+from famflow.collab.latency import (
+    Link,
+    acceptance_for_speedup,
+    break_even_speed,
+    collaboration_gain,
+)
 from famflow.collab.route import load_route_models, parse_route
 from famflow.collab.settings import RouteSettings
 from famflow.familial.presets import ModelSpec, resolve_model
@@ -136,6 +141,7 @@ def summarize(
         )
         if speculative
         else None,
+        "top_passes_per_token": _ratio(round_trips, new) if speculative else None,
         "tokens_per_round_trip": _ratio(
             sum(r.emitted for c in runs for r in c.result.rounds if r.round_trip),
             round_trips,
@@ -163,6 +169,12 @@ def summarize(
             "device_only_s": device,
             "speedup_vs_cloud": cloud / collab,
             "speedup_vs_device": device / collab,
+            "break_even_speed": break_even_speed(
+                lambda speed, link=link: sum(
+                    collaboration_gain(c.result, [link] * (len(c.exits) - 1), c.cloud_s, speed)
+                    for c in runs
+                )
+            ),
         }
         if speculative and round_trips:
             row["latency"][link.describe()]["acceptance_for_target"] = acceptance_for_speedup(
@@ -267,23 +279,27 @@ def format_table(result: dict) -> str:
         "(> 1: collaboration is faster); need = the acceptance rate at which speculation "
         f"would be {result['rows'][0]['target_speedup']:g}x faster than cloud-only, at this "
         "round trip's measured cost (> 1: no draft reaches it); x tok = the same against "
-        "cloud-only with a round trip per token; x dev = device-only / collaborative",
+        "cloud-only with a round trip per token; x dev = device-only / collaborative; "
+        "top/tok = the top tier's decode passes per generated token; even = the speed of "
+        "the upper tiers, relative to the device, below which collaboration beats cloud-only",
     ]
     head = (
-        f"{'setting':<22} {'accept':>6} {'tok/RT':>6} {'B/tok':>8} {'cloud B/tok':>11} {'same':>5}"
+        f"{'setting':<22} {'accept':>6} {'top/tok':>7} {'tok/RT':>6} {'B/tok':>8} "
+        f"{'cloud B/tok':>11} {'same':>5}"
     )
     sub = " " * len(head)
     for link in links:
-        head += f" | {link:^56}"
+        head += f" | {link:^63}"
         sub += (
             f" | {'collab s':>9} {'cloud s':>8} {'x cloud':>7} {'need':>5} {'x tok':>6}"
-            f" {'device s':>8} {'x dev':>5}"
+            f" {'device s':>8} {'x dev':>5} {'even':>6}"
         )
     lines += [head, sub]
     for row in result["rows"]:
-        accept = row["acceptance_rate"]
+        accept, passes = row["acceptance_rate"], row["top_passes_per_token"]
         text = (
             f"{row['setting']:<22} {'-' if accept is None else f'{accept:.2f}':>6} "
+            f"{'-' if passes is None else f'{passes:.2f}':>7} "
             f"{row['tokens_per_round_trip']:>6.2f} {row['bytes_per_token']:>8,.0f} "
             f"{row['cloud_only_bytes_per_token']:>11,.1f} "
             f"{row['identical']:>2}/{row['prompts']:<2}"
@@ -294,7 +310,8 @@ def format_table(result: dict) -> str:
                 f" | {cell['collaborative_s']:>9.3f} {cell['cloud_only_s']:>8.3f} "
                 f"{cell['speedup_vs_cloud']:>7.2f} {_need(cell):>5} "
                 f"{cell['speedup_vs_cloud_per_token']:>6.2f} "
-                f"{cell['device_only_s']:>8.3f} {cell['speedup_vs_device']:>5.2f}"
+                f"{cell['device_only_s']:>8.3f} {cell['speedup_vs_device']:>5.2f} "
+                f"{_speed(cell['break_even_speed']):>6}"
             )
         if "decided_per_tier" in row:
             text += f"   decided per tier {row['decided_per_tier']}"
@@ -320,6 +337,12 @@ def format_table(result: dict) -> str:
             f"{hf['identical']}/{len(result['prompts'])} prompts"
         )
     return "\n".join(lines)
+
+
+def _speed(speed: float | None) -> str:
+    if speed is None:
+        return "never"
+    return "always" if speed == float("inf") else f"{speed:.2f}x"
 
 
 def _need(cell: dict) -> str:

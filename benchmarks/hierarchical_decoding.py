@@ -56,6 +56,35 @@ def timed(run: Callable[[torch.Tensor], torch.Tensor], prompts: Sequence[torch.T
     return outputs, seconds
 
 
+def _new_tokens(outputs: Sequence[torch.Tensor], prompts: Sequence[torch.Tensor]) -> int:
+    return sum(o.shape[1] - p.shape[1] for o, p in zip(outputs, prompts, strict=True))
+
+
+def _hierarchical_row(nodes, route, lookahead, prompts, n: int, eos: int | None) -> dict:
+    results = []
+
+    def run(prompt: torch.Tensor) -> torch.Tensor:
+        result = hierarchical_generate(nodes, prompt, n, lookahead, eos)
+        results.append(result)
+        return result.tokens
+
+    outputs, seconds = timed(run, prompts)
+    results = results[1:]  # without the warm-up
+    new = sum(r.new_tokens for r in results)
+
+    def acceptance(level: int) -> float:
+        judged = sum(r.levels[level].judged for r in results)
+        return sum(r.levels[level].accepted for r in results) / max(1, judged)
+
+    return {
+        "method": f"hier {','.join(map(str, route))}/{','.join(map(str, lookahead))}",
+        "seconds": seconds,
+        "outputs": outputs,
+        "top_passes_per_token": sum(r.levels[-1].passes for r in results) / new,
+        "acceptance": [acceptance(level) for level in range(1, len(route))],
+    }
+
+
 def benchmark(args: argparse.Namespace) -> dict:
     spec = resolve_model(args.model)
     tokenizer = load_tokenizer(spec)
@@ -69,66 +98,33 @@ def benchmark(args: argparse.Namespace) -> dict:
         for ids in corpus_prompts(source, tokenizer, "held-out", args.prompts)
     ]
     n = args.max_new_tokens
-    top = exits[-1]
-    reference, famflow_s = timed(lambda p: generate(models.trunk, p, top, n, eos), prompts)
-    rows = [{"method": "famflow greedy", "seconds": famflow_s, "outputs": reference}]
     plain = hf_model(spec)
-    for label, early in (("greedy", None), (f"assistant_early_exit={args.early_exit}", True)):
-        outputs, seconds = timed(
-            lambda p, e=early: time_hf(plain, p, n, eos, args.early_exit if e else None)[0],
-            prompts,
-        )
-        rows.insert(
-            0 if early is None else len(rows),
-            {"method": label, "seconds": seconds, "outputs": outputs},
-        )
+
+    def hf_row(method: str, early_exit: int | None) -> dict:
+        outputs, seconds = timed(lambda p: time_hf(plain, p, n, eos, early_exit)[0], prompts)
+        return {"method": method, "seconds": seconds, "outputs": outputs}
+
+    rows = [hf_row("greedy", None)]
+    reference, seconds = timed(lambda p: generate(models.trunk, p, exits[-1], n, eos), prompts)
+    rows.append({"method": "famflow greedy", "seconds": seconds, "outputs": reference})
+    rows.append(hf_row(f"assistant_early_exit={args.early_exit}", args.early_exit))
     for route, lookahead in configs:
         nodes = build_nodes(models, route)
-        results = []
-
-        def run(prompt, nodes=nodes, lookahead=lookahead, results=results):
-            result = hierarchical_generate(nodes, prompt, n, lookahead, eos)
-            results.append(result)
-            return result.tokens
-
-        outputs, seconds = timed(run, prompts)
-        results = results[1:]  # without the warm-up
-        new = sum(r.new_tokens for r in results)
-        levels = len(route)
-        rows.append(
-            {
-                "method": f"hier {','.join(map(str, route))}/{','.join(map(str, lookahead))}",
-                "seconds": seconds,
-                "outputs": outputs,
-                "top_passes_per_token": sum(r.levels[-1].passes for r in results) / new,
-                "acceptance": [
-                    sum(r.levels[i].accepted for r in results)
-                    / max(1, sum(r.levels[i].judged for r in results))
-                    for i in range(1, levels)
-                ],
-            }
-        )
-    baseline = rows[0]
-    new_tokens = sum(o.shape[1] - p.shape[1] for o, p in zip(reference, prompts, strict=True))
+        rows.append(_hierarchical_row(nodes, route, lookahead, prompts, n, eos))
     for row in rows:
         outputs = row.pop("outputs")
-        row["new_tokens"] = sum(
-            o.shape[1] - p.shape[1] for o, p in zip(outputs, prompts, strict=True)
-        )
+        row["new_tokens"] = _new_tokens(outputs, prompts)
         row["tokens_per_s"] = row["new_tokens"] / row["seconds"]
-        row["identical"] = sum(
-            torch.equal(o, r) for o, r in zip(outputs, reference, strict=True)
-        ) / len(prompts)
-    for row in rows:
-        row["speedup"] = row["tokens_per_s"] / baseline["tokens_per_s"]
+        same = sum(torch.equal(o, r) for o, r in zip(outputs, reference, strict=True))
+        row["identical"] = same / len(prompts)
+        row["speedup"] = row["tokens_per_s"] / rows[0]["tokens_per_s"]
+    vocabulary = models.draft_vocabulary
     return {
         "model": spec.name,
         "adapters": str(args.adapters) if args.adapters else None,
         "prompts": len(prompts),
-        "new_tokens": new_tokens,
-        "draft_vocabulary": None
-        if models.draft_vocabulary is None
-        else len(models.draft_vocabulary),
+        "new_tokens": _new_tokens(reference, prompts),
+        "draft_vocabulary": None if vocabulary is None else len(vocabulary),
         "rows": rows,
     }
 

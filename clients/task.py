@@ -21,7 +21,6 @@ from famflow.familial.hardware import (
     get_tier,
     resolve_device,
 )
-from famflow.familial.loading import load_branch
 from famflow.familial.lora import attach_lora
 from famflow.familial.model import FamilialLM
 from famflow.familial.presets import ModelSpec, resolve_model
@@ -48,7 +47,7 @@ _REFERENCES: dict[int, dict[str, np.ndarray]] = {}
 
 def node_profile(config: FederationConfig, node_config: dict[str, Any]) -> dict[str, Any]:
     """Tier, memory, device, and the deepest branch and LoRA rank this node can train."""
-    spec = resolve_model(config.model)
+    spec = config.model_spec()
     device = resolve_device(str(node_config.get("device", config.device)))
     if "tier" in node_config:
         tier = get_tier(str(node_config["tier"]), spec.hardware_tiers())
@@ -80,9 +79,10 @@ def node_profile(config: FederationConfig, node_config: dict[str, Any]) -> dict[
 
 def get_branch(config: FederationConfig, exit_depth: int, rank: int, device: str) -> FamilialLM:
     exits = config.exits_of_branch(exit_depth)
-    key = (config.model, exit_depth, rank, config.rule, config.seed, device, str(exits))
+    key = (config.model, config.family_adapters, exit_depth, rank, config.rule, config.seed)
+    key += (device, str(exits))
     if key not in _BRANCHES:
-        branch = load_branch(config.model, exit_depth, exits=exits)
+        branch = config.load_branch(exit_depth, exits=exits)
         branch = attach_lora(branch, lora_settings(config, rank))
         _BRANCHES[key] = branch.to(device)
         _REFERENCES[id(_BRANCHES[key])] = codec_reference(_numpy(exchanged(config, branch)))

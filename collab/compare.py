@@ -17,9 +17,11 @@ import torch
 from famflow.collab.decoding import CollabResult, early_exit_generate, speculative_generate
 from famflow.collab.latency import (
     Link,
+    break_even_speed,
     cloud_only_bytes,
     cloud_only_latency,
     cloud_per_token_latency,
+    collaboration_gain,
     collaborative_latency,
     per_hop,
 )
@@ -35,6 +37,7 @@ class LatencyRow:
     cloud_only_s: float
     cloud_per_token_s: float
     device_only_s: float
+    break_even_speed: float | None = None
 
     @property
     def speedup_vs_cloud(self) -> float:
@@ -92,6 +95,9 @@ class RouteComparison:
                 self.result.prompt_length, self.cloud_new_tokens, self.cloud_s, hop_links
             ),
             device_only_s=self.device_s,
+            break_even_speed=break_even_speed(
+                lambda speed: collaboration_gain(self.result, hop_links, self.cloud_s, speed)
+            ),
         )
 
 
@@ -118,6 +124,7 @@ def _collaborate(
                 settings.draft_tokens,
                 settings.codec,
                 eos_token_id,
+                predraft=settings.predraft,
             )
         return early_exit_generate(
             nodes[0],
@@ -163,15 +170,25 @@ def compare_route(
     )
 
 
+def _break_even(speed: float | None) -> str:
+    if speed is None:
+        return "cloud-only is faster even with the upper tiers 1000x slower than the device"
+    if speed == float("inf"):
+        return "collaboration is faster even with the upper tiers 1000x faster"
+    return f"collaboration pays while the upper tiers are under {speed:.2f}x the device's speed"
+
+
 def describe(comparison: RouteComparison, links: Sequence[Sequence[Link]]) -> list[str]:
     """The report lines of a comparison under each link model (what ``generate`` prints)."""
     c, result, settings = comparison, comparison.result, comparison.settings
     route = " -> ".join(str(e) for e in c.exits)
     if settings.mode == "speculative":
+        ahead = ", drafting ahead in flight" if settings.predraft else ""
         how = (
-            f"speculative, {settings.draft_tokens} draft tokens: "
+            f"speculative, {settings.draft_tokens} draft tokens{ahead}: "
             f"{result.tokens_per_round_trip:.2f} accepted tokens per round trip, "
-            f"acceptance rate {result.acceptance_rate:.2f}, {result.round_trips} round trips"
+            f"acceptance rate {result.acceptance_rate:.2f}, {result.round_trips} round trips "
+            f"({result.top_passes_per_token:.2f} top decode passes per token)"
         )
     else:
         counts = result.resolved_counts(len(c.exits))
@@ -194,6 +211,6 @@ def describe(comparison: RouteComparison, links: Sequence[Sequence[Link]]) -> li
             f"latency over {row.link}: collaborative {row.collaborative_s:.3f} s, "
             f"cloud-only {row.cloud_only_s:.3f} s ({row.speedup_vs_cloud:.2f}x; "
             f"{row.cloud_per_token_s:.3f} s with a round trip per token), "
-            f"device-only {row.device_only_s:.3f} s"
+            f"device-only {row.device_only_s:.3f} s; {_break_even(row.break_even_speed)}"
         )
     return lines

@@ -76,6 +76,11 @@ class CollabResult:
         return sum(r.accepted for r in self.rounds) / drafted if drafted else 0.0
 
     @property
+    def top_passes_per_token(self) -> float:
+        """The top tier's decode passes per generated token (one per round trip)."""
+        return self.round_trips / self.new_tokens if self.new_tokens else 0.0
+
+    @property
     def tokens_per_round_trip(self) -> float:
         trips = self.round_trips
         return sum(r.emitted for r in self.rounds if r.round_trip) / trips if trips else 0.0

@@ -12,7 +12,7 @@ time. All compute times are measured on this machine.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from famflow.collab.decoding import CollabResult
@@ -62,10 +62,13 @@ def per_hop(links: Sequence[Link], hops: int) -> list[Link]:
     return list(links)
 
 
-def collaborative_latency(result: CollabResult, hop_links: Sequence[Link]) -> float:
+def collaborative_latency(
+    result: CollabResult, hop_links: Sequence[Link], upper_speed: float = 1.0
+) -> float:
     """Seconds of the run: device compute, then per hand-up every hop and upper tier.
 
-    ``hop_links[i]`` is the link from tier i to tier i + 1 (see ``per_hop``).
+    ``hop_links[i]`` is the link from tier i to tier i + 1 (see ``per_hop``). The tiers
+    above the device compute ``upper_speed`` times faster than measured here.
     """
     total = 0.0
     for step in result.rounds:
@@ -73,9 +76,38 @@ def collaborative_latency(result: CollabResult, hop_links: Sequence[Link]) -> fl
         flight = 0.0
         for hop, (lower, upper) in enumerate(zip(step.trace, step.trace[1:], strict=False)):
             flight += hop_links[hop].exchange_s(lower.request_bytes, lower.reply_bytes)
-            flight += upper.compute_s
+            flight += upper.compute_s / upper_speed
         total += max(flight, step.overlapped_s)  # pre-drafting runs during the flight
     return total
+
+
+def collaboration_gain(
+    result: CollabResult, hop_links: Sequence[Link], cloud_compute_s: float, speed: float
+) -> float:
+    """Cloud-only latency minus collaborative latency (> 0: collaboration is faster) with the
+    upper tiers ``speed`` times as fast as measured; ``cloud_compute_s`` is cloud-only's
+    measured compute."""
+    alone = cloud_only_latency(
+        result.prompt_length, result.new_tokens, cloud_compute_s / speed, hop_links
+    )
+    return alone - collaborative_latency(result, hop_links, speed)
+
+
+def break_even_speed(gain: Callable[[float], float]) -> float | None:
+    """The speed of the upper tiers relative to the device at which ``gain(speed)`` (see
+    ``collaboration_gain``) falls to 0: collaboration pays below it.
+
+    None when it loses at every speed from 1/1000 to 1000; infinity when it wins at all.
+    """
+    low, high = 1e-3, 1e3
+    if gain(low) <= 0:
+        return None
+    if gain(high) > 0:
+        return float("inf")
+    for _ in range(60):  # bisection on a log scale
+        middle = (low * high) ** 0.5
+        low, high = (middle, high) if gain(middle) > 0 else (low, middle)
+    return (low * high) ** 0.5
 
 
 def cloud_only_bytes(prompt_tokens: int, new_tokens: int) -> tuple[int, int]:

@@ -23,6 +23,8 @@ class RouteSettings:
     threshold: float = 0.9
     transport: str = "local"
     max_new_tokens: int = 24
+    # Speculative: the device drafts the next round while a verification is in flight.
+    predraft: bool = True
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -27,21 +27,33 @@ from famflow.familial.data.prepare import prepare_data
 from famflow.familial.data.prompts import corpus_prompts
 from famflow.familial.errors import FamflowError
 from famflow.familial.evaluation import continuation_agreement, evaluate
-from famflow.familial.family_io import save_exit_adapters
+from famflow.familial.family_io import save_draft_vocabulary, save_exit_adapters, saved_family
 from famflow.familial.loading import load_branch
 from famflow.familial.local_training import METRICS_FILE
 from famflow.familial.model import FamilialLM
 from famflow.familial.presets import ModelSpec
-from famflow.familial.self_distillation import DistillConfig, distill_exits
+from famflow.familial.self_distillation import (
+    DistillConfig,
+    distill_exits,
+    start_exit_layers_from_last,
+)
 from famflow.familial.tokenizer import load_tokenizer
+
+LayerInit = Literal["last", "depth"]
+LAYER_INITS: tuple[LayerInit, ...] = ("last", "depth")
 
 
 @dataclass
 class FamilializeConfig:
-    """Where the distillation data comes from, and whether exits get their own layer."""
+    """Where the distillation data comes from, and whether exits get their own layer.
+
+    ``layer_init`` "last" starts each new exit layer from the model's last decoder layer
+    (which already turns a late hidden state into the head's input), "depth" from the
+    trunk layer it stands in for.
+    """
 
     prompt_sources: tuple[str, ...] = ("chatterbot", "shakespeare")
-    prompts_per_source: int = 256
+    prompts_per_source: int = 1024
     held_out_prompts: int = 16
     new_tokens: int = 48
     corpus: str = "shakespeare"
@@ -49,6 +61,7 @@ class FamilializeConfig:
     eval_blocks: int = 32
     seq_len: int = 64
     exit_layers: bool = True
+    layer_init: LayerInit = "last"
     distill: DistillConfig = field(default_factory=DistillConfig)
 
     def __post_init__(self) -> None:
@@ -56,6 +69,10 @@ class FamilializeConfig:
             raise FamflowError(
                 "Familialize needs at least one prompt source, one prompt per source and one "
                 "new token: fix --prompt-data, --prompts or --new-tokens."
+            )
+        if self.layer_init not in LAYER_INITS:
+            raise FamflowError(
+                f"Unknown --layer-init {self.layer_init!r}: use one of {', '.join(LAYER_INITS)}."
             )
 
 
@@ -71,6 +88,14 @@ def familial_spec(spec: ModelSpec, exit_layers: bool) -> ModelSpec:
             "preset [family.adapters]."
         )
     return dataclasses.replace(spec, family=family)
+
+
+def _has_new_exit_layers(spec: ModelSpec, config: FamilializeConfig, adapters: Path | None) -> bool:
+    """Whether the exits' own layers start here (not from a Ruyi checkpoint or saved adapters)."""
+    if spec.is_ruyi or not config.exit_layers:
+        return False
+    saved = saved_family(adapters) if adapters is not None else None
+    return not (saved and saved.adapters and saved.adapters.extra_layer)
 
 
 def _agreement_row(
@@ -121,10 +146,14 @@ def familialize(
     blocks = list(splits.train[: config.corpus_blocks])
     validation = splits.validation[: config.eval_blocks]
     before = _agreement_row(branch, held, held_lengths, validation)
+    if config.layer_init == "last" and _has_new_exit_layers(spec, config, adapters):
+        start_exit_layers_from_last(branch)
     result = distill_exits(branch, train + blocks, config.distill)
     after = _agreement_row(branch, held, held_lengths, validation)
     out_dir = Path(out_dir)
     save_exit_adapters(branch, out_dir)
+    if config.distill.draft_vocab:
+        save_draft_vocabulary(out_dir, result.vocabulary)
     metrics = {
         "model": spec.name,
         "exits": branch.held_exits,
@@ -134,6 +163,7 @@ def familialize(
             "steps": result.steps,
             "tokens": result.tokens,
             "feature_seconds": result.feature_seconds,
+            "draft_vocabulary": len(result.vocabulary),
             "seconds": result.seconds,
             "first_loss": result.losses[0],
             "last_loss": result.losses[-1],

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from famflow.familial.codecs import CODECS
 from famflow.familial.errors import FamflowError
 from famflow.familial.export_formats import parse_formats
 from famflow.strategies.robust import ROBUST_METHODS as ROBUST
 from famflow.strategies.rules import RULES, AggregationRule
+
+if TYPE_CHECKING:
+    from famflow.familial.model import FamilialLM
+    from famflow.familial.presets import ModelSpec
 
 BRANCH_EXITS: tuple[str, ...] = ("held", "own")
 
@@ -40,6 +44,9 @@ class FederationConfig:
     from statistics of ``calibration_blocks`` training blocks per node holding the deepest exit.
     ``export_formats`` (comma-separated ``hf``, ``gguf``, ``peft``) adds standalone exports of
     every exit to the run's export (``server.export``).
+    ``family_adapters`` names a ``famflow familialize`` output (made once per machine): every
+    branch starts from its self-distilled exits, their own decoder layers included, which
+    then train with the exit adapters; calibration is skipped, the exits being trained.
 
     Bad replies and robust aggregation (``strategies.validation``, ``strategies.robust``):
     a reply whose change of some key has an RMS above ``outlier_norm_ratio`` times the median
@@ -59,6 +66,7 @@ class FederationConfig:
     """
 
     model: str = "smollm2-135m"
+    family_adapters: str = ""
     num_server_rounds: int = 3
     tier_mix: str = "device:2,edge:2,cloud:2"
     rule: str = "flexlora"
@@ -159,10 +167,9 @@ class FederationConfig:
         ``min_nodes``, and the dataset."""
         from famflow.familial.data.config import CORPUS_NAMES
         from famflow.familial.hardware import GIB, get_tier
-        from famflow.familial.presets import resolve_model
         from famflow.familial.sizing import training_memory_bytes
 
-        spec = resolve_model(self.model)
+        spec = self.model_spec()
         counts = self.tier_counts()
         total = sum(count for _, count in counts)
         if total < self.min_nodes:
@@ -194,6 +201,43 @@ class FederationConfig:
     def aggregation(self) -> AggregationRule:
         """The rule ``rule`` names; callers ask it what it needs (``exchanges_a``, ...)."""
         return RULES[self.rule]
+
+    def model_spec(self) -> ModelSpec:
+        """The run's model, with the exit layers its family adapters were distilled with."""
+        from famflow.familial.loading import with_saved_family
+        from famflow.familial.presets import resolve_model
+
+        return with_saved_family(resolve_model(self.model), self._family_adapters())
+
+    def load_branch(
+        self, exit_depth: int | None = None, exits: list[int] | None = None
+    ) -> FamilialLM:
+        """A fresh branch of the run's model (``familial.loading.load_branch``), its exits
+        from ``family_adapters`` when the run names them."""
+        from famflow.familial.loading import load_branch
+
+        return load_branch(self.model, exit_depth, exits=exits, adapters=self._family_adapters())
+
+    def meta_branch(
+        self, exit_depth: int | None = None, exits: list[int] | None = None
+    ) -> FamilialLM:
+        """The branch's modules on the meta device (shapes and keys, no weights)."""
+        from famflow.familial.loading import build_meta_branch
+
+        return build_meta_branch(self.model_spec(), exit_depth, exits=exits)
+
+    def _family_adapters(self) -> Path | None:
+        if not self.family_adapters:
+            return None
+        from famflow.familial.family_io import ADAPTERS_FILE
+
+        directory = Path(self.family_adapters)
+        if not (directory / ADAPTERS_FILE).is_file():
+            raise FamflowError(
+                f"family-adapters {directory} holds no {ADAPTERS_FILE}: run `famflow "
+                f"familialize {self.model} --out {directory}` once, or clear family-adapters."
+            )
+        return directory
 
     def exits_of_branch(self, exit_depth: int) -> list[int] | None:
         """The exits a node holding ``exit_depth`` trains (None: every exit up to it)."""

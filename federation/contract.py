@@ -14,7 +14,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from famflow.familial.loading import build_meta_branch
 from famflow.familial.lora import LoraSettings, attach_lora, load_trainable_state, trainable_state
 from famflow.familial.model import FamilialLM
 from famflow.federation.config import FederationConfig
@@ -90,7 +89,7 @@ def load_exchanged(
 
 def branch_keys(config: FederationConfig, exit_depth: int, rank: int) -> tuple[str, ...]:
     """The keys a branch exchanges, read from its modules on the meta device (no weights)."""
-    meta = build_meta_branch(config.model, exit_depth, exits=config.exits_of_branch(exit_depth))
+    meta = config.meta_branch(exit_depth, exits=config.exits_of_branch(exit_depth))
     return tuple(sorted(exchanged(config, attach_lora(meta, lora_settings(config, rank)))))
 
 

@@ -22,7 +22,6 @@ from famflow.familial.errors import FamflowError
 from famflow.familial.export_formats import parse_formats
 from famflow.familial.export_origin import ExportOrigin, exit_dir_name
 from famflow.familial.family_io import save_exit_adapters
-from famflow.familial.loading import load_branch
 from famflow.familial.lora import attach_lora
 from famflow.familial.model import FamilialLM
 from famflow.familial.peft_export import save_peft_adapter
@@ -44,8 +43,7 @@ def refreshed_branch(
     depth: int,
 ) -> FamilialLM:
     """Branch ``depth`` (its own exit only) with the run's global adapters loaded."""
-    spec = resolve_model(config.model)
-    branch = attach_lora(load_branch(spec, depth, exits=[depth]), lora_settings(config, rank))
+    branch = attach_lora(config.load_branch(depth, exits=[depth]), lora_settings(config, rank))
     keys = sorted(exchanged(config, branch))
     sliced = rule.slice_for(arrays, keys, rank, config.lora_alpha_ratio)
     load_exchanged(config, branch, {key: torch.from_numpy(value) for key, value in sliced.items()})
@@ -64,7 +62,7 @@ def export_branches(
 
     ``run``: ``run_id`` and ``round`` of what is exported, recorded in every export.
     """
-    spec = resolve_model(config.model)
+    spec = config.model_spec()
     formats = parse_formats(config.export_formats)
     tokenizer = load_tokenizer(spec) if formats else None
     tokenizer_pre = source_tokenizer_pre(spec) if "gguf" in formats else "default"

@@ -124,7 +124,7 @@ def run_federation(grid: Grid, config: FederationConfig) -> list[dict[str, Any]]
     recorder = RoundRecorder(out, identity.stamp(), keep_through=begun.last_round)
     timeout = config.round_timeout
     calibration = RoundTraffic()
-    if start_round == 1 and config.calibrate_exits:
+    if start_round == 1 and config.calibrate_exits and not config.family_adapters:
         arrays, calibration = calibrate_translators(grid, strategy, config, arrays)
     record = to_record(arrays)
     rounds = config.num_server_rounds

@@ -8,7 +8,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from famflow.familial.loading import load_branch
 from famflow.familial.lora import attach_lora, trainable_state
 from famflow.federation.config import FederationConfig
 from famflow.federation.contract import branch_keys, lora_settings
@@ -49,7 +48,7 @@ def node_plans(
 
 def initial_global_state(config: FederationConfig, rank: int) -> dict[str, np.ndarray]:
     """Every exchanged key of the whole family at ``rank``, as a fresh branch starts it."""
-    family = attach_lora(load_branch(config.model), lora_settings(config, rank))
+    family = attach_lora(config.load_branch(), lora_settings(config, rank))
     state = trainable_state(family, exit_adapters=config.train_exit_adapters)
     with torch.no_grad():
         return {key: tensor.detach().float().numpy().copy() for key, tensor in state.items()}

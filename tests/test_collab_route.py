@@ -15,8 +15,10 @@ from famflow.collab.decoding import CollabResult, Round
 from famflow.collab.latency import (
     Link,
     acceptance_for_speedup,
+    break_even_speed,
     cloud_only_latency,
     cloud_per_token_latency,
+    collaboration_gain,
     collaborative_latency,
     per_hop,
 )
@@ -149,6 +151,19 @@ def test_predrafting_overlaps_the_flight_and_costs_only_what_outlasts_it():
     ]
     expected = 0.01 + (0.05 + 1100e-6 + 0.03) + 0.0 + 0.2
     assert collaborative_latency(_result(rounds), [link]) == pytest.approx(expected)
+
+
+def test_break_even_speed_is_where_cloud_only_catches_up():
+    link = Link(8e9, 0.05)  # bytes cost next to nothing
+    # Two round trips of three tokens, 0.01 s on the device and 0.1 s of verification each,
+    # against 0.1 s per token cloud-only: 0.12 + 0.2 / s = 0.05 + 0.6 / s at s = 0.4 / 0.07.
+    pays = _result([Round([TraceEntry(0.01), TraceEntry(0.1)], 3) for _ in range(2)])
+    speed = break_even_speed(lambda s: collaboration_gain(pays, [link], 0.6, s))
+    assert speed == pytest.approx(0.4 / 0.07, rel=1e-3)
+    # A round trip per token never saves a cloud pass: cloud-only wins at any speed.
+    never = _result([Round([TraceEntry(0.01), TraceEntry(0.1)], 1) for _ in range(6)])
+    assert break_even_speed(lambda s: collaboration_gain(never, [link], 0.6, s)) is None
+    assert pays.top_passes_per_token == pytest.approx(2 / 6)
 
 
 def test_acceptance_a_speedup_needs():

@@ -7,8 +7,14 @@ from famflow.familial import ExitAdapterConfig
 from famflow.familial.continuations import greedy_continuations
 from famflow.familial.errors import FamflowError
 from famflow.familial.evaluation import continuation_agreement
+from famflow.familial.familialize import FamilializeConfig
 from famflow.familial.loading import from_dense_state_dict
-from famflow.familial.self_distillation import DistillConfig, distill_exits, draft_vocabulary
+from famflow.familial.self_distillation import (
+    DistillConfig,
+    distill_exits,
+    draft_vocabulary,
+    start_exit_layers_from_last,
+)
 from tests.conftest import spec_for, tiny_config, tiny_hf_model
 
 
@@ -45,6 +51,17 @@ def test_distillation_raises_agreement_and_moves_only_the_lower_exits(style):
     assert not any(p.requires_grad for p in model.parameters())
 
 
+def test_exit_layers_can_start_from_the_last_decoder_layer():
+    model = family("shared-head")
+    assert start_exit_layers_from_last(model) == [2]
+    last = model.model.layers[-1].state_dict()
+    for name, tensor in model.exit_head(2).layer.state_dict().items():
+        assert tensor.equal(last[name]), name
+    assert (
+        model.exit_head(2).layer.self_attn.layer_idx != model.model.layers[-1].self_attn.layer_idx
+    )
+
+
 def test_draft_vocabulary_keeps_the_most_frequent_tokens():
     sequences = [torch.tensor([3, 3, 3, 7, 7, 1]), torch.tensor([7, 5])]
     assert draft_vocabulary(sequences, 10, 2).tolist() == [3, 7]
@@ -61,3 +78,7 @@ def test_distillation_refuses_bad_input():
         distill_exits(family("shared-head"), [], DistillConfig())
     with pytest.raises(FamflowError, match="draft_vocab must be 0"):
         DistillConfig(draft_vocab=-1)
+    with pytest.raises(FamflowError, match="Unknown precision 'fp8': use one of bf16, fp32"):
+        DistillConfig(precision="fp8")
+    with pytest.raises(FamflowError, match="Unknown --layer-init 'first'"):
+        FamilializeConfig(layer_init="first")

@@ -5,6 +5,7 @@ import torch
 from safetensors.torch import load_file
 
 from famflow.__main__ import main
+from famflow.familial.family_io import read_draft_vocabulary
 from famflow.familial.loading import load_branch
 from famflow.familial.presets import load_preset
 
@@ -79,6 +80,7 @@ def test_familialize_distills_lower_exits_with_their_own_layers(corpus, tmp_path
     assert metrics["distillation"]["last_loss"] < metrics["distillation"]["first_loss"]
     assert 0 <= metrics["after"]["own_continuations"]["2"] <= 1
     assert len(list((tmp_path / "cache" / "continuations").glob("*.safetensors"))) == 2
+    assert len(read_draft_vocabulary(out, 256)) == metrics["distillation"]["draft_vocabulary"]
 
     spec = load_preset("tiny-adapters")
     trained = load_branch(spec, adapters=out)  # takes the exit layers from family.json

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("famflow")
 
-ROUTE_OPTIONS = ("mode", "draft_tokens", "codec", "threshold", "link", "transport")
+ROUTE_OPTIONS = ("mode", "draft_tokens", "predraft", "codec", "threshold", "link", "transport")
 
 
 def _size(n: int) -> str:
@@ -133,6 +133,7 @@ def _generate_along_route(
         threshold=args.threshold if args.threshold is not None else 0.9,
         transport=args.transport or "local",
         max_new_tokens=args.max_new_tokens,
+        predraft=args.predraft is not False,
     )
     links = [[Link.parse(text)] for text in (args.link or DEFAULT_LINKS)]
     models = load_route_models(spec, exits, args.adapters)
@@ -190,6 +191,11 @@ def add_model_parsers(sub: argparse._SubParsersAction) -> None:
     collab.add_argument("--mode", choices=MODES, help="default speculative")
     collab.add_argument(
         "--draft-tokens", type=non_negative_int, help="tokens the device drafts per round (4)"
+    )
+    collab.add_argument(
+        "--predraft",
+        action=argparse.BooleanOptionalAction,
+        help="speculative: draft the next round while a verification is in flight (default on)",
     )
     collab.add_argument(
         "--codec", choices=HIDDEN_CODECS, help="hidden states on the wire (default fp16)"
