@@ -15,7 +15,7 @@ share of positions where its greedy token is the top exit's (drafts are accepted
     .venv/bin/python benchmarks/collab_inference.py [--model smollm2-135m]
         [--adapters runs/federation/export] [--route device,edge,cloud] [--draft-tokens 2 4]
         [--threshold 0.9] [--codec fp16] [--max-new-tokens 32] [--target 1.25]
-        [--held-out N] [--agreement N] [--json out.json]
+        [--held-out N | --held-out-prompts N] [--agreement N] [--json out.json]
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from famflow.collab.latency import (
 )
 from famflow.collab.route import load_route_models, parse_route
 from famflow.collab.settings import RouteSettings
+from famflow.familial.data.prompts import corpus_prompts
 from famflow.familial.presets import ModelSpec, resolve_model
 from famflow.familial.tokenizer import load_tokenizer
 
@@ -110,6 +111,17 @@ def held_out_blocks(count: int) -> list[torch.Tensor]:
 def held_out_prompts(count: int, tokens: int) -> list[torch.Tensor]:
     """The first ``tokens`` of ``held_out_blocks(count)``."""
     return [block[:tokens] for block in held_out_blocks(count)]
+
+
+def familialize_prompts(spec: ModelSpec, count: int) -> list[torch.Tensor]:
+    """``count`` held-out chatterbot questions and Shakespeare lines (as familialize and
+    ``hierarchical_decoding.py`` keep them aside)."""
+    tokenizer = load_tokenizer(spec)
+    return [
+        torch.tensor(ids)
+        for source in ("chatterbot", "shakespeare")
+        for ids in corpus_prompts(source, tokenizer, "held-out", count)
+    ]
 
 
 def settings_grid(
@@ -370,6 +382,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="prompt with the first 32 tokens of N held-out blocks of the demo's data instead",
     )
     parser.add_argument(
+        "--held-out-prompts",
+        type=int,
+        default=0,
+        metavar="N",
+        help="prompt with N held-out chatterbot questions and N Shakespeare lines instead "
+        "(the prompts familialize keeps aside)",
+    )
+    parser.add_argument(
         "--agreement",
         type=int,
         default=0,
@@ -383,11 +403,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--no-hf", action="store_true", help="skip transformers' reference")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
+    spec = resolve_model(args.model)
+    prompts: Sequence[str | torch.Tensor] = PROMPTS[: args.prompts]
+    if args.held_out:
+        prompts = held_out_prompts(args.held_out, 32)
+    elif args.held_out_prompts:
+        prompts = familialize_prompts(spec, args.held_out_prompts)
     result = benchmark(
-        resolve_model(args.model),
+        spec,
         args.adapters,
         args.route,
-        held_out_prompts(args.held_out, 32) if args.held_out else PROMPTS[: args.prompts],
+        prompts,
         args.draft_tokens,
         args.threshold,
         args.codec,
