@@ -284,10 +284,9 @@ def main() -> None:
         tiers = ", ".join(
             f"{t} {b / 1e6:.1f} MB" for t, b in sorted(result["bytes_up_per_round"].items())
         )
-        print(
-            f"{name:<16} {ppl} {tiers:>40} {result['seconds']:>8.0f} "
-            f"{result['outside_training']:>8.1%}"
-        )
+        outside = result["outside_training"]
+        share = "-" if outside != outside else f"{outside:.1%}"  # NaN: no federation rounds
+        print(f"{name:<16} {ppl} {tiers:>40} {result['seconds']:>8.0f} {share:>8}")
     for line in joining_table(results):
         print(line)
 
