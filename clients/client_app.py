@@ -36,7 +36,10 @@ class Received:
 def received_branch(config: FederationConfig, msg: Message, context: Context) -> Received:
     setup = msg.content["config"]
     use_node_cache(context.node_config)
-    branch = get_branch(config, int(setup["exit"]), int(setup["rank"]), str(setup["device"]))
+    weights = str(setup.get("weights", "")) or None
+    branch = get_branch(
+        config, int(setup["exit"]), int(setup["rank"]), str(setup["device"]), weights
+    )
     arrays = receive(config, branch, from_record(msg.content["arrays"]))
     splits = get_node_data(config, context.node_config)
     return Received(branch, arrays, splits)
@@ -87,6 +90,7 @@ def make_client_app(
             distill_weight=config.distill_weight,
             train_exit_adapters=config.train_exit_adapters,
             seed=config.seed + int(setup["server-round"]),
+            precision=config.train_precision,  # type: ignore[arg-type]
         )
         start = time.perf_counter()
         startup = first_message_startup_seconds()

@@ -19,6 +19,7 @@ from famflow.familial.hardware import (
     GIB,
     detected_memory_gb,
     get_tier,
+    parse_weights,
     resolve_device,
 )
 from famflow.familial.lora import attach_lora
@@ -59,30 +60,38 @@ def node_profile(config: FederationConfig, node_config: dict[str, Any]) -> dict[
     memory_gb = float(node_config.get("memory-gb", tier.memory_gb if tier else 0))
     memory_gb = memory_gb or detected_memory_gb(device)
     rank = int(node_config.get("rank", tier.rank if tier else 8))
-    exit_depth = largest_fitting_branch(
-        spec, memory_gb * GIB, rank, config.batch_size, config.seq_len
+    weights = parse_weights(node_config.get("weights"))
+    if tier is not None:
+        weights = weights or config.weights_by_tier().get(tier.name, tier.weights)
+    choice = largest_fitting_branch(
+        spec, memory_gb * GIB, rank, config.batch_size, config.seq_len, weights
     )
-    if exit_depth is None:
+    if choice is None:
         raise FamflowError(
             f"No branch of {spec.name} trains in {memory_gb:.2f} GiB at batch "
             f"{config.batch_size} x {config.seq_len}: give the node more memory-gb or "
-            "lower batch-size / seq-len."
+            "lower batch-size / seq-len, or allow quantized weights (weights=int8,nf4)."
         )
+    exit_depth, precision = choice
     return {
         "tier": tier.name if tier else "custom",
         "memory-gb": memory_gb,
         "device": device,
         "exit": exit_depth,
         "rank": rank,
+        "weights": precision,
     }
 
 
-def get_branch(config: FederationConfig, exit_depth: int, rank: int, device: str) -> FamilialLM:
+def get_branch(
+    config: FederationConfig, exit_depth: int, rank: int, device: str, weights: str | None = None
+) -> FamilialLM:
+    """The node's branch with LoRA, its frozen layers in ``weights`` (default the preset's)."""
     exits = config.exits_of_branch(exit_depth)
     key = (config.model, config.family_adapters, exit_depth, rank, config.rule, config.seed)
-    key += (device, str(exits))
+    key += (device, str(exits), weights)
     if key not in _BRANCHES:
-        branch = config.load_branch(exit_depth, exits=exits)
+        branch = config.load_branch(exit_depth, exits=exits, weights=weights, device=device)
         branch = attach_lora(branch, lora_settings(config, rank))
         _BRANCHES[key] = branch.to(device)
         _REFERENCES[id(_BRANCHES[key])] = codec_reference(_numpy(exchanged(config, branch)))

@@ -6,10 +6,15 @@
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 from famflow.familial.config import ExitAdapterConfig, FamilyConfig
 from famflow.familial.errors import FamflowError
+
+# bitsandbytes (imported by PEFT) looks for optional CPU kernels on the Hugging Face hub and
+# warns when they are absent; its own torch kernels run instead (familial.weights).
+logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 if TYPE_CHECKING:
     from famflow.familial.model import FamilialLM, FamilialOutput

@@ -11,6 +11,7 @@ import torch
 
 from famflow.familial.errors import FamflowError
 from famflow.familial.paths import shipped_configs
+from famflow.familial.weights import weight_precision
 
 GIB = 1024**3
 
@@ -20,6 +21,8 @@ class Tier:
     name: str
     memory_gb: float
     rank: int
+    # precisions its frozen layers may take (familial.weights); empty: the preset's dtype
+    weights: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.memory_gb <= 0 or self.rank < 1:
@@ -27,6 +30,19 @@ class Tier:
                 f"Tier {self.name!r} needs memory-gb > 0 and rank >= 1, got "
                 f"{self.memory_gb} and {self.rank}: fix configs/hardware/tiers.toml."
             )
+        for name in self.weights:
+            weight_precision(name)
+
+
+def parse_weights(value: object) -> tuple[str, ...]:
+    """A tier's or node's ``weights``: one precision, a comma-separated string, or a list."""
+    if value is None or value == "":
+        return ()
+    items = value.split(",") if isinstance(value, str) else list(value)  # type: ignore[call-overload]
+    names = tuple(str(item).strip() for item in items)
+    for name in names:
+        weight_precision(name)
+    return names
 
 
 def tiers_file(model_tiers: Path | None = None) -> Path:
@@ -44,12 +60,18 @@ def load_tiers(path: Path | None = None) -> dict[str, Tier]:
     try:
         data = tomllib.loads(path.read_text())
         return {
-            name: Tier(name, float(table["memory-gb"]), int(table["rank"]))
+            name: Tier(
+                name,
+                float(table["memory-gb"]),
+                int(table["rank"]),
+                parse_weights(table.get("weights")),
+            )
             for name, table in data.items()
         }
     except (tomllib.TOMLDecodeError, KeyError, TypeError, ValueError) as error:
         raise FamflowError(
-            f"{path} is not a valid tiers file ({error}): give each tier memory-gb and rank."
+            f"{path} is not a valid tiers file ({error}): give each tier memory-gb and rank "
+            "(and optionally weights)."
         ) from None
 
 

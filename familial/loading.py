@@ -20,6 +20,12 @@ from famflow.familial.exits import FullTranslator, LowRankTranslator
 from famflow.familial.family_io import read_exit_adapters, saved_family
 from famflow.familial.model import FamilialLM
 from famflow.familial.presets import ModelSpec, resolve_model
+from famflow.familial.weights import (
+    precision_of_dtype,
+    quantize_frozen_layers,
+    release_freed_memory,
+    weight_precision,
+)
 
 logger = logging.getLogger("famflow.familial")
 
@@ -92,15 +98,20 @@ def load_branch(
     exits: list[int] | None = None,
     adapters: Path | None = None,
     dtype: torch.dtype | None = None,
+    weights: str | None = None,
+    device: str = "cpu",
 ) -> FamilialLM:
     """Load the branch ending at ``exit_depth`` (default: the deepest), reading only its tensors.
 
     ``exits`` are the exits the branch holds (default: all up to ``exit_depth``). ``adapters``
     is a directory or safetensors file written by ``familial.family_io.save_exit_adapters``;
     without it, exit adapters start from the trunk (final norm, layer ``depth``) and identity.
+    ``weights`` (``familial.weights``: fp32, bf16, int8, nf4) is the precision of the frozen
+    decoder layers, quantized on ``device`` as they load; default the preset's dtype.
     """
     spec = with_saved_family(_spec(model), adapters)
-    dtype = dtype or spec.torch_dtype
+    precision = weight_precision(weights) if weights else None
+    dtype = dtype or (precision.dense_dtype(spec.torch_dtype) if precision else spec.torch_dtype)
     branch = build_meta_branch(spec, exit_depth, exits)
     saved = read_exit_adapters(adapters, spec.family) if adapters is not None else {}
     if spec.source == "random":
@@ -111,7 +122,22 @@ def load_branch(
         with SafetensorsCheckpoint(directory) as checkpoint:
             tensors = _gather(branch, spec, checkpoint, str(directory), saved, dtype, copy=False)
     _assign(branch, tensors)
+    del tensors
+    branch.weight_precision = precision_of_dtype(dtype)
+    if precision is not None and precision.quantized:
+        quantize_frozen_layers(branch, spec.family.exit_style, precision.name, device)
+        _own_memory(branch)
     return branch
+
+
+def _own_memory(branch: FamilialLM) -> None:
+    """Copy the dense tensors out of the memory-mapped checkpoint. Quantizing read every
+    page of the file; once no tensor views it, the mapping and its pages leave the process."""
+    with torch.no_grad():
+        for tensor in [*branch.parameters(), *branch.buffers()]:
+            if tensor.is_floating_point():
+                tensor.data = tensor.data.clone()
+    release_freed_memory()
 
 
 def from_dense_state_dict(

@@ -106,6 +106,9 @@ def attach_lora(model: FamilialLM, settings: LoraSettings) -> FamilialLM:
             f"({error}): use names such as {', '.join(DEFAULT_LORA_TARGETS)}."
         ) from None
     for key, module in lora_modules(model).items():
+        # PEFT gives LoRA the base layer's dtype; factors stay fp32 over bf16 or quantized bases
+        module.lora_A[ADAPTER_NAME].float()
+        module.lora_B[ADAPTER_NAME].float()
         weight = module.lora_A[ADAPTER_NAME].weight
         _shared_seed_init(weight, settings.seed, f"{key}.A")
         weight.requires_grad_(not settings.freeze_a)

@@ -17,21 +17,18 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 import torch.nn.functional as F  # noqa: N812
 from torch.optim.lr_scheduler import LambdaLR
 
+from famflow.familial.compute import Precision, autocast, check_precision
 from famflow.familial.continuations import left_padded, padded_positions
 from famflow.familial.errors import FamflowError
 from famflow.familial.model import FamilialLM
 from famflow.familial.training import make_optimizer
 
 logger = logging.getLogger("famflow.familial")
-
-Precision = Literal["bf16", "fp32"]
-PRECISIONS: tuple[Precision, ...] = ("bf16", "fp32")
 
 
 @dataclass
@@ -63,16 +60,11 @@ class DistillConfig:
             raise FamflowError("The distillation lr and temperature must be positive.")
         if self.draft_vocab < 0:
             raise FamflowError(f"draft_vocab must be 0 (full) or more, got {self.draft_vocab}.")
-        if self.precision not in PRECISIONS:
-            raise FamflowError(
-                f"Unknown precision {self.precision!r}: use one of {', '.join(PRECISIONS)}."
-            )
+        check_precision(self.precision)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """The autocast this precision trains under (none for fp32)."""
-        if self.precision == "fp32":
-            return contextlib.nullcontext()
-        return torch.autocast("cpu", dtype=torch.bfloat16)
+        return autocast(self.precision)
 
 
 @dataclass

@@ -6,11 +6,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from famflow.familial.loading import build_meta_branch
 from famflow.familial.model import FamilialLM
 from famflow.familial.presets import ModelSpec, resolve_model
+from famflow.familial.weights import (
+    PRECISIONS,
+    frozen_linears,
+    precision_of_dtype,
+    weight_precision,
+)
 
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 FP32_BYTES = 4
@@ -27,6 +34,8 @@ class BranchSize:
     lora_bytes_fp32: int
     lora_bytes_fp16: int
     full_gradient_fp32_bytes: int
+    # the branch's weights with its frozen decoder layers in each precision (familial.weights)
+    weight_bytes_by_precision: dict[str, int]
 
 
 def decoder_layers(model: FamilialLM) -> int:
@@ -74,6 +83,9 @@ def branch_size(
         lora_bytes_fp32=lora * FP32_BYTES,
         lora_bytes_fp16=lora * 2,
         full_gradient_fp32_bytes=parameters * FP32_BYTES,
+        weight_bytes_by_precision={
+            name: weight_bytes(branch, name, spec.torch_dtype) for name in PRECISIONS
+        },
     )
 
 
@@ -103,6 +115,26 @@ def model_info(
     }
 
 
+def weight_bytes(branch: FamilialLM, weights: str, model_dtype: torch.dtype) -> int:
+    """Bytes of a (meta) branch's weights when its frozen decoder layers are held in
+    ``weights`` (``familial.weights``) and the model is stored in ``model_dtype``."""
+    precision = weight_precision(weights)
+    linears = [module for _, module in frozen_linears(branch, branch.family.exit_style)]
+    dense = _count(branch) - sum(linear.weight.numel() for linear in linears)
+    total = dense * precision.dense_dtype(model_dtype).itemsize
+    return total + sum(precision.linear_bytes(m.in_features, m.out_features) for m in linears)
+
+
+def dequantized_bytes(branch: FamilialLM, weights: str, model_dtype: torch.dtype) -> int:
+    """A quantized linear runs on a dense copy of its weight, made in forward and again in
+    backward: the largest such pair is alive at once."""
+    if not weight_precision(weights).quantized:
+        return 0
+    linears = [module for _, module in frozen_linears(branch, branch.family.exit_style)]
+    largest = max((m.weight.numel() for m in linears), default=0)
+    return 2 * largest * model_dtype.itemsize
+
+
 def training_memory_bytes(
     spec: ModelSpec,
     exit_depth: int,
@@ -110,16 +142,20 @@ def training_memory_bytes(
     batch_size: int,
     seq_len: int,
     targets: tuple[str, ...] = DEFAULT_LORA_TARGETS,
+    weights: str | None = None,
 ) -> int:
     """An estimate of the memory a client needs to train a branch with every exit it holds.
 
-    Weights, plus LoRA and exit adapters with gradient and two AdamW moments, plus the
-    activations kept for backward: per token and layer the inputs of its linears, norms and
-    attention, and per exit the logits with their softmax and gradient.
+    Weights (the frozen decoder layers in ``weights``, default the preset's dtype), plus LoRA
+    and exit adapters with gradient and two AdamW moments, plus the activations kept for
+    backward: per token and layer the inputs of its linears, norms and attention, and per
+    exit the logits with their softmax and gradient.
     """
     branch = build_meta_branch(spec, exit_depth)
     config = branch.config
-    weights = _count(branch) * spec.torch_dtype.itemsize
+    weights = weights or precision_of_dtype(spec.torch_dtype)
+    dtype = spec.torch_dtype
+    weights_total = weight_bytes(branch, weights, dtype) + dequantized_bytes(branch, weights, dtype)
     trainable = branch_lora_parameters(branch, rank, targets)
     if spec.family.adapters is not None:  # a Ruyi exit's own layer and head are not trained
         trainable += sum(p.numel() for n, p in branch.named_parameters() if n.startswith("exits."))
@@ -130,16 +166,25 @@ def training_memory_bytes(
     layers = decoder_layers(branch)
     activations = tokens * per_token_layer * layers * FP32_BYTES
     logits = tokens * config.vocab_size * 3 * FP32_BYTES * len(branch.held_exits)
-    return weights + trainable * 4 * FP32_BYTES + activations + logits
+    return weights_total + trainable * 4 * FP32_BYTES + activations + logits
 
 
 def largest_fitting_branch(
-    spec: ModelSpec, memory_bytes: float, rank: int, batch_size: int, seq_len: int
-) -> int | None:
-    """The deepest exit whose training fits in ``memory_bytes``; None when none does."""
-    fitting = [
-        depth
-        for depth in spec.family.exits
-        if training_memory_bytes(spec, depth, rank, batch_size, seq_len) <= memory_bytes
-    ]
-    return fitting[-1] if fitting else None
+    spec: ModelSpec,
+    memory_bytes: float,
+    rank: int,
+    batch_size: int,
+    seq_len: int,
+    weights: tuple[str, ...] = (),
+) -> tuple[int, str] | None:
+    """The deepest (exit, precision) whose training fits in ``memory_bytes``, ``weights``
+    being the precisions allowed (default the preset's dtype only). At that exit the most
+    precise fitting precision wins. None when nothing fits."""
+    allowed = weights or (precision_of_dtype(spec.torch_dtype),)
+    by_precision = sorted(allowed, key=lambda name: -weight_precision(name).bits)
+    for depth in reversed(spec.family.exits):
+        for name in by_precision:
+            needed = training_memory_bytes(spec, depth, rank, batch_size, seq_len, weights=name)
+            if needed <= memory_bytes:
+                return depth, name
+    return None

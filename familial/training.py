@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch.optim.lr_scheduler import LambdaLR
 
+from famflow.familial.compute import Precision, autocast, check_precision
 from famflow.familial.errors import FamflowError
 from famflow.familial.lora import set_trainable
 from famflow.familial.model import FamilialLM
@@ -46,8 +47,11 @@ class TrainConfig:
     train_lora: bool = True
     train_exit_adapters: bool = True
     seed: int = 0
+    # bf16 autocast (familial.compute); fp32 stays the default, see docs/benchmarks.md
+    precision: Precision = "fp32"
 
     def __post_init__(self) -> None:
+        check_precision(self.precision)
         for name in ("steps", "batch_size", "grad_accum"):
             if getattr(self, name) < 1:
                 raise FamflowError(f"{name} must be at least 1, got {getattr(self, name)}.")
@@ -212,9 +216,11 @@ def train(model: FamilialLM, blocks: torch.Tensor, config: TrainConfig) -> Train
         exit_sums = dict.fromkeys(weights, 0.0)
         for _ in range(config.grad_accum):
             input_ids = next(stream).to(device)
-            output = model(input_ids, exits=exits)
+            with autocast(config.precision, device.type):
+                output = model(input_ids, exits=exits)
+            logits = {depth: value.float() for depth, value in output.logits.items()}
             loss, per_exit = multi_exit_loss(
-                output.logits, input_ids, weights, config.distill_weight, config.distill_temperature
+                logits, input_ids, weights, config.distill_weight, config.distill_temperature
             )
             (loss / config.grad_accum).backward()
             step_loss += loss.detach() / config.grad_accum

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from famflow.familial.codecs import CODECS
+from famflow.familial.compute import PRECISIONS as COMPUTE_PRECISIONS
 from famflow.familial.errors import FamflowError
 from famflow.familial.export_formats import parse_formats
 from famflow.strategies.robust import ROBUST_METHODS as ROBUST
@@ -31,6 +32,9 @@ class FederationConfig:
     own exit's path (``own``: the least to send; shallower exits train on shallower nodes).
     ``tier_local_steps`` gives some tiers their own local steps per round (``cloud:20``: a
     stronger node does more work in a round); the other tiers take ``local_steps``.
+    ``tier_weights`` overrides the weight precisions some tiers may hold their frozen layers in
+    (``device:int8/nf4``: the device tier takes the deepest exit that fits in int8 or nf4;
+    ``familial.weights``); the other tiers keep their tiers file's ``weights``.
     ``server_lr`` scales the step from the old global adapters to the rule's aggregate
     (``strategies.server_step``; 1.0 takes the aggregate).
     ``fraction_train`` < 1 samples that share of each tier's nodes every round (at least one),
@@ -74,6 +78,7 @@ class FederationConfig:
     lora_alpha_ratio: float = 2.0
     local_steps: int = 10
     tier_local_steps: str = ""
+    tier_weights: str = ""
     batch_size: int = 4
     seq_len: int = 64
     lr: float = 2e-3
@@ -94,6 +99,8 @@ class FederationConfig:
     round_timeout: float = 600.0
     seed: int = 0
     device: str = "auto"
+    # what local training computes in (familial.compute): fp32, or bf16 autocast
+    train_precision: str = "fp32"
     out_dir: str = "runs/federation"
     resume: str = ""
     move_old_run: bool = False
@@ -115,6 +122,11 @@ class FederationConfig:
             raise FamflowError(f"Unknown rule {self.rule!r}: use one of {', '.join(RULES)}.")
         if self.codec not in CODECS:
             raise FamflowError(f"Unknown codec {self.codec!r}: use one of {', '.join(CODECS)}.")
+        if self.train_precision not in COMPUTE_PRECISIONS:
+            raise FamflowError(
+                f"Unknown train-precision {self.train_precision!r}: use "
+                f"{' or '.join(COMPUTE_PRECISIONS)}."
+            )
         if self.branch_exits not in BRANCH_EXITS:
             raise FamflowError(f"branch-exits {self.branch_exits!r} is unknown: use held or own.")
         if self.robust not in ROBUST:
@@ -141,6 +153,7 @@ class FederationConfig:
             )
         self.tier_counts()
         self.local_steps_by_tier()
+        self.weights_by_tier()
 
     def _check_dp(self) -> None:
         if self.dp_noise_multiplier < 0 or self.dp_target_epsilon < 0:
@@ -210,13 +223,24 @@ class FederationConfig:
         return with_saved_family(resolve_model(self.model), self._family_adapters())
 
     def load_branch(
-        self, exit_depth: int | None = None, exits: list[int] | None = None
+        self,
+        exit_depth: int | None = None,
+        exits: list[int] | None = None,
+        weights: str | None = None,
+        device: str = "cpu",
     ) -> FamilialLM:
         """A fresh branch of the run's model (``familial.loading.load_branch``), its exits
-        from ``family_adapters`` when the run names them."""
+        from ``family_adapters`` when the run names them, its frozen layers in ``weights``."""
         from famflow.familial.loading import load_branch
 
-        return load_branch(self.model, exit_depth, exits=exits, adapters=self._family_adapters())
+        return load_branch(
+            self.model,
+            exit_depth,
+            exits=exits,
+            adapters=self._family_adapters(),
+            weights=weights,
+            device=device,
+        )
 
     def meta_branch(
         self, exit_depth: int | None = None, exits: list[int] | None = None
@@ -273,6 +297,21 @@ class FederationConfig:
                 "with steps >= 1: write e.g. cloud:20,device:5, or leave it empty."
             )
         return steps
+
+    def weights_by_tier(self) -> dict[str, tuple[str, ...]]:
+        """``tier_weights`` parsed: the precisions each named tier may hold."""
+        from famflow.familial.hardware import parse_weights
+
+        weights = {}
+        for item in filter(str.strip, self.tier_weights.split(",")):
+            name, _, allowed = item.partition(":")
+            if not name.strip() or not allowed.strip():
+                raise FamflowError(
+                    f"tier-weights {self.tier_weights!r} is not a list of tier:precisions "
+                    "pairs: write e.g. device:int8/nf4, or leave it empty."
+                )
+            weights[name.strip()] = parse_weights(allowed.replace("/", ","))
+        return weights
 
     def local_steps_of(self, tier: str) -> int:
         """The local steps per round of a node of ``tier``."""

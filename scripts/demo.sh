@@ -14,16 +14,7 @@ famflow data prepare shakespeare --quiet
 famflow info smollm2-135m --rank 8
 
 # `flwr run` starts a local SuperLink that keeps running: stop what it started, by PID.
-FLOWER_PROCESSES="$VENV/bin/(flower-superlink|flower-superexec|flwr-simulation|flwr-serverapp)"
-running_before="$(pgrep -f "$FLOWER_PROCESSES" || true)"
-stop_started_flower_processes() {
-  local pid
-  for pid in $(pgrep -f "$FLOWER_PROCESSES" || true); do
-    if ! grep -qx "$pid" <<<"$running_before"; then
-      kill "$pid" 2>/dev/null || true
-    fi
-  done
-}
+source "$FAMFLOW_ROOT/scripts/flower_processes.sh"
 started="$(mktemp)"  # this run's export must be newer than this file
 trap 'stop_started_flower_processes; rm -f "$started"' EXIT
 # A run directory holds one run: an earlier demo's run is moved aside (runs/federation.<run id>).

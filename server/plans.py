@@ -42,6 +42,7 @@ def node_plans(
             device=str(profile["device"]),
             keys=branch_keys(config, exit_depth, rank),
             local_steps=config.local_steps_of(tier),
+            weights=str(profile.get("weights", "")),
         )
     return plans
 

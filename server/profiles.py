@@ -11,6 +11,7 @@ from flwr.serverapp import Grid
 
 from famflow.familial.errors import FamflowError
 from famflow.familial.presets import resolve_model
+from famflow.familial.weights import PRECISIONS
 from famflow.federation.config import FederationConfig
 
 logger = logging.getLogger("famflow.server")
@@ -61,8 +62,8 @@ def usable_profiles(
     config: FederationConfig, profiles: dict[int, dict[str, Any]], min_nodes: int | None = None
 ) -> dict[int, dict[str, Any]]:
     """The profiles a node plan can be built from; a node whose profile names no exit of the
-    family, no LoRA rank >= 1, no tier or no device is left out with a logged reason. Raises
-    when fewer than ``min_nodes`` (default the run's) remain."""
+    family, no LoRA rank >= 1, no tier, no device or an unknown weight precision is left out
+    with a logged reason. Raises when fewer than ``min_nodes`` (default the run's) remain."""
     min_nodes = config.min_nodes if min_nodes is None else min_nodes
     exits = resolve_model(config.model).family.exits
     usable = {}
@@ -75,6 +76,8 @@ def usable_profiles(
             reason = f"its LoRA rank {rank!r} is not a whole number >= 1"
         elif not isinstance(tier, str) or device not in ("cpu", "cuda"):
             reason = f"its tier {tier!r} or device {device!r} is unusable"
+        elif profile.get("weights", "fp32") not in PRECISIONS:
+            reason = f"its weights {profile.get('weights')!r} are not one of {list(PRECISIONS)}"
         else:
             usable[node] = profile
             continue

@@ -91,7 +91,9 @@ MEASURED_COLUMNS: list[Column] = [
 
 
 def analytic_text(header: dict[str, Any], nodes: list[TierNodes], rows: list[CommRow]) -> str:
-    mix = "; ".join(f"{n.tier} x{n.clients}: exit {n.label}, rank {n.rank}" for n in nodes)
+    mix = "; ".join(
+        f"{n.tier} x{n.clients}: exit {n.label} ({n.weights}), rank {n.rank}" for n in nodes
+    )
     adapters = "exchanged" if header["exit_adapters"] else "not exchanged"
     lines = [
         f"{header['model']} ({header['dtype']}): dense model {header['dense_parameters']:,} "

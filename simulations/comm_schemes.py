@@ -40,6 +40,7 @@ class TierNodes:
     label: str
     rank: int
     clients: int
+    weights: str = "fp32"  # the precision of the frozen layers (familial.weights)
 
 
 @dataclass
@@ -92,14 +93,17 @@ def tier_nodes(
         if clients == 0:
             continue
         tier = tiers[name]
-        depth = largest_fitting_branch(spec, tier.memory_gb * GIB, tier.rank, batch_size, seq_len)
-        if depth is None:
+        choice = largest_fitting_branch(
+            spec, tier.memory_gb * GIB, tier.rank, batch_size, seq_len, tier.weights
+        )
+        if choice is None:
             raise FamflowError(
                 f"No branch of {spec.name} trains in tier {name}'s {tier.memory_gb} GiB at batch "
                 f"{batch_size} x {seq_len} ({tiers_path}): give the tier more memory-gb, or "
                 "pass --tiers FILE with tiers sized for this model."
             )
-        nodes.append(TierNodes(name, depth, spec.exit_label(depth), tier.rank, clients))
+        depth, weights = choice
+        nodes.append(TierNodes(name, depth, spec.exit_label(depth), tier.rank, clients, weights))
     if not nodes:
         raise FamflowError(f"tier-mix {tier_mix!r} has no nodes: give a tier a count above 0.")
     return nodes

@@ -35,6 +35,9 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "mixed-hetlora": {"rule": "hetlora"},
     "device-only": {"tier-mix": "device:6"},
     "mixed-int8": {"codec": "int8"},
+    # the device tier holds the deepest exit whose training fits its memory with a quantized
+    # frozen trunk (SmolLM2: exit 20 in int8 instead of exit 10 in fp32)
+    "device-quantized": {"tier-weights": "device:fp32/int8/nf4"},
 }
 
 

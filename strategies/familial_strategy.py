@@ -56,8 +56,8 @@ def tier_sample_size(fraction_train: float, tier_nodes: int) -> int:
 
 @dataclass(frozen=True)
 class NodePlan:
-    """What one node holds: its branch (exit), LoRA rank and scale, and exchanged keys, and
-    how many local steps it trains per round."""
+    """What one node holds: its branch (exit) and the precision of its frozen layers, LoRA
+    rank and scale, and exchanged keys, and how many local steps it trains per round."""
 
     node_id: int
     tier: str
@@ -67,6 +67,7 @@ class NodePlan:
     device: str
     keys: tuple[str, ...]
     local_steps: int = 10
+    weights: str = ""  # the precision of its frozen layers; "" the preset's dtype
 
 
 @dataclass
@@ -231,6 +232,7 @@ class FamilialStrategy(Strategy):
                     "exit": plan.exit,
                     "rank": plan.rank,
                     "device": plan.device,
+                    "weights": plan.weights,
                     "lr": self.lr_for_round(server_round),
                     "local-steps": plan.local_steps,
                 }

@@ -130,3 +130,16 @@ def load_benchmark(name: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``gpu`` run where CUDA is visible and are skipped, with why, elsewhere."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(
+        reason="needs a CUDA GPU (torch.cuda.is_available() is False): run "
+        "benchmarks/gpu_check.sh on a machine with one"
+    )
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -41,14 +41,19 @@ def cmd_info(args: argparse.Namespace) -> None:
         f"family {info['family_parameters'] / 1e9:.3f}B parameters"
     )
     lora = f"LoRA r={args.rank}"
+    quantized = ("int8", "nf4")  # weights with the frozen decoder layers quantized
     print(
-        f"{'exit':>20} {'layers':>6} {'params':>12} {'weights':>11} {lora:>12} "
-        f"{'LoRA fp32':>11} {'full grad fp32':>15}"
+        f"{'exit':>20} {'layers':>6} {'params':>12} {'weights':>11} "
+        + "".join(f"{name + ' weights':>13}" for name in quantized)
+        + f" {lora:>12} {'LoRA fp32':>11} {'full grad fp32':>15}"
     )
     for b in info["branches"]:
+        by_precision = b["weight_bytes_by_precision"]
         print(
             f"{b['label']:>20} {b['layers']:>6} {b['parameters'] / 1e9:>11.3f}B "
-            f"{_size(b['weight_bytes']):>11} {b['lora_parameters']:>12,} "
+            f"{_size(b['weight_bytes']):>11} "
+            + "".join(f"{_size(by_precision[name]):>13}" for name in quantized)
+            + f" {b['lora_parameters']:>12,} "
             f"{_size(b['lora_bytes_fp32']):>11} {_size(b['full_gradient_fp32_bytes']):>15}"
         )
 
