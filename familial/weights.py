@@ -38,21 +38,23 @@ def _bitsandbytes():
     return bitsandbytes
 
 
-def _int8(linear: nn.Linear, device: str) -> nn.Module:
-    bnb = _bitsandbytes()
-    module = bnb.nn.Linear8bitLt(
-        linear.in_features,
-        linear.out_features,
-        bias=linear.bias is not None,
-        has_fp16_weights=False,
-        threshold=0.0,
-    )
-    module.weight = bnb.nn.Int8Params(
-        linear.weight.data, requires_grad=False, has_fp16_weights=False
-    )
+def _placed(module: nn.Module, weight: nn.Parameter, linear: nn.Linear, device: str) -> nn.Module:
+    """``module`` with the quantizable ``weight`` and ``linear``'s bias, on ``device``:
+    bitsandbytes quantizes a weight when it moves to its device."""
+    module.weight = weight
     if linear.bias is not None:
         module.bias = nn.Parameter(linear.bias.data, requires_grad=False)
-    return module.to(device)  # bitsandbytes quantizes when the weight moves to its device
+    return module.to(device)
+
+
+def _int8(linear: nn.Linear, device: str) -> nn.Module:
+    bnb = _bitsandbytes()
+    shape = (linear.in_features, linear.out_features)
+    module = bnb.nn.Linear8bitLt(
+        *shape, bias=linear.bias is not None, has_fp16_weights=False, threshold=0.0
+    )
+    weight = bnb.nn.Int8Params(linear.weight.data, requires_grad=False, has_fp16_weights=False)
+    return _placed(module, weight, linear, device)
 
 
 def _nf4(linear: nn.Linear, device: str) -> nn.Module:
@@ -65,16 +67,14 @@ def _nf4(linear: nn.Linear, device: str) -> nn.Module:
         quant_type="nf4",
         compress_statistics=True,
     )
-    module.weight = bnb.nn.Params4bit(
+    weight = bnb.nn.Params4bit(
         linear.weight.data,
         requires_grad=False,
         quant_type="nf4",
         blocksize=NF4_BLOCK,
         compress_statistics=True,
     )
-    if linear.bias is not None:
-        module.bias = nn.Parameter(linear.bias.data, requires_grad=False)
-    return module.to(device)
+    return _placed(module, weight, linear, device)
 
 
 @dataclass(frozen=True)
