@@ -91,6 +91,7 @@ def make_client_app(
             train_exit_adapters=config.train_exit_adapters,
             seed=config.seed + int(setup["server-round"]),
             precision=config.train_precision,  # type: ignore[arg-type]
+            gradient_checkpointing=setup.get("gradient-checkpointing") is True,
         )
         start = time.perf_counter()
         startup = first_message_startup_seconds()

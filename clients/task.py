@@ -64,22 +64,29 @@ def node_profile(config: FederationConfig, node_config: dict[str, Any]) -> dict[
     if tier is not None:
         weights = weights or config.weights_by_tier().get(tier.name, tier.weights)
     choice = largest_fitting_branch(
-        spec, memory_gb * GIB, rank, config.batch_size, config.seq_len, weights
+        spec,
+        memory_gb * GIB,
+        rank,
+        config.batch_size,
+        config.seq_len,
+        weights,
+        config.checkpointing_of(tier.name if tier else None),
     )
     if choice is None:
         raise FamflowError(
             f"No branch of {spec.name} trains in {memory_gb:.2f} GiB at batch "
             f"{config.batch_size} x {config.seq_len}: give the node more memory-gb or "
-            "lower batch-size / seq-len, or allow quantized weights (weights=int8,nf4)."
+            "lower batch-size / seq-len, allow quantized weights (weights=int8,nf4), or set "
+            "gradient-checkpointing = auto."
         )
-    exit_depth, precision = choice
     return {
         "tier": tier.name if tier else "custom",
         "memory-gb": memory_gb,
         "device": device,
-        "exit": exit_depth,
+        "exit": choice.exit,
         "rank": rank,
-        "weights": precision,
+        "weights": choice.weights,
+        "gradient-checkpointing": choice.gradient_checkpointing,
     }
 
 

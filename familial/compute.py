@@ -1,7 +1,9 @@
-"""The precision a branch computes in while it trains: fp32, or bf16 autocast.
+"""How a branch computes while it trains: fp32 or bf16 autocast, and whether it recomputes.
 
 bf16 autocast runs the matrix products in bf16 on CPUs with avx512_bf16 and on CUDA GPUs; the
-weights and the optimizer state stay in their own dtype.
+weights and the optimizer state stay in their own dtype. Gradient checkpointing
+(``TrainConfig.gradient_checkpointing``) recomputes activations in backward instead of keeping
+them; a federation sets it ``off``, ``on``, or ``auto`` (only where a branch needs it to fit).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from famflow.familial.errors import FamflowError
 
 Precision = Literal["bf16", "fp32"]
 PRECISIONS: tuple[Precision, ...] = ("bf16", "fp32")
+CHECKPOINTING: tuple[str, ...] = ("off", "auto", "on")
 
 
 def check_precision(precision: str) -> None:

@@ -109,9 +109,13 @@ class ExitHead(nn.Module):
         hidden = norm(hidden)
         return self.translator(hidden) if self.translator is not None else hidden
 
+    def project(self, head_input: torch.Tensor, shared_head: nn.Module | None) -> torch.Tensor:
+        """Logits from what the head reads (``head_input``)."""
+        lm_head = self.lm_head if self.lm_head is not None else shared_head
+        assert lm_head is not None, "an exit without its own head needs the shared lm_head"
+        return lm_head(head_input)
+
     def logits(
         self, hidden: torch.Tensor, shared_norm: nn.Module | None, shared_head: nn.Module | None
     ) -> torch.Tensor:
-        lm_head = self.lm_head if self.lm_head is not None else shared_head
-        assert lm_head is not None, "an exit without its own head needs the shared lm_head"
-        return lm_head(self.head_input(hidden, shared_norm))
+        return self.project(self.head_input(hidden, shared_norm), shared_head)

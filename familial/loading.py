@@ -18,12 +18,12 @@ from famflow.familial.checkpoint import SafetensorsCheckpoint
 from famflow.familial.errors import FamflowError
 from famflow.familial.exits import FullTranslator, LowRankTranslator
 from famflow.familial.family_io import read_exit_adapters, saved_family
+from famflow.familial.host_memory import release_freed_memory
 from famflow.familial.model import FamilialLM
 from famflow.familial.presets import ModelSpec, resolve_model
 from famflow.familial.weights import (
     precision_of_dtype,
     quantize_frozen_layers,
-    release_freed_memory,
     weight_precision,
 )
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from transformers import PretrainedConfig
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
@@ -49,6 +50,9 @@ class FamilialLM(nn.Module):
     the trunk layers that exit needs and the exit heads of ``exits`` (default: every exit up to
     the branch, for multi-exit training; ``[branch]`` holds the branch's own path only).
     """
+
+    # recompute each decoder layer in backward (training only); see TrainConfig
+    gradient_checkpointing: bool = False
 
     def __init__(
         self,
@@ -166,6 +170,21 @@ class FamilialLM(nn.Module):
         layer_types = getattr(self.config, "layer_types", None)
         return layer_types[index] if layer_types else "full_attention"
 
+    def _run(
+        self,
+        layer: nn.Module,
+        hidden: torch.Tensor,
+        mask: torch.Tensor | None,
+        layer_kwargs: dict[str, object],
+    ) -> torch.Tensor:
+        """One decoder layer; under gradient checkpointing in training its activations are
+        recomputed in backward instead of kept (only the layer's input stays)."""
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(
+                layer, hidden, attention_mask=mask, use_reentrant=False, **layer_kwargs
+            )
+        return layer(hidden, attention_mask=mask, **layer_kwargs)
+
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -175,12 +194,15 @@ class FamilialLM(nn.Module):
         past_key_values: Cache | None = None,
         use_cache: bool = False,
         output_hidden_states: bool = False,
+        output_logits: bool = True,
     ) -> FamilialOutput:
         """Logits for every requested exit (default: the branch's deepest) from one trunk pass.
 
-        ``hidden_states[e]`` is what exit e's head reads (normed, translated). A cache holds
-        the layers the requested exits ran: reuse it only with the same exits.
+        ``hidden_states[e]`` is what exit e's head reads (normed, translated); without
+        ``output_logits`` only those are computed (``logits`` is empty). A cache holds the
+        layers the requested exits ran: reuse it only with the same exits.
         """
+        output_hidden_states = output_hidden_states or not output_logits
         exits = self._check_requested(exits or [self.branch])
         embeds = self.model.embed_tokens(input_ids)
         if use_cache and past_key_values is None:
@@ -208,13 +230,15 @@ class FamilialLM(nn.Module):
                 exit_hidden = hidden
                 if head.layer is not None:
                     mask = masks[head.layer_type]
-                    exit_hidden = head.layer(exit_hidden, attention_mask=mask, **layer_kwargs)
+                    exit_hidden = self._run(head.layer, exit_hidden, mask, layer_kwargs)
+                head_input = head.head_input(exit_hidden, self.model.norm)
                 if output_hidden_states:
-                    hiddens[depth] = head.head_input(exit_hidden, self.model.norm)
-                logits[depth] = head.logits(exit_hidden, self.model.norm, self.lm_head)
+                    hiddens[depth] = head_input
+                if output_logits:
+                    logits[depth] = head.project(head_input, self.lm_head)
             if index < len(self.model.layers) and index < max(branch_off):
                 mask = masks[self._layer_type(index)]
-                hidden = self.model.layers[index](hidden, attention_mask=mask, **layer_kwargs)
+                hidden = self._run(self.model.layers[index], hidden, mask, layer_kwargs)
         return FamilialOutput(
             logits=logits,
             hidden_states=hiddens if output_hidden_states else None,

@@ -214,6 +214,11 @@ def train_private(
     ``dp.max_grad_norm``; ``grad_accum`` must be 1 (one Poisson batch per step)."""
     if config.grad_accum != 1:
         raise FamflowError("DP training takes one Poisson batch per step: set grad_accum = 1.")
+    if config.gradient_checkpointing:
+        raise FamflowError(
+            "DP training needs the activations kept for per-sample gradients: set "
+            "gradient_checkpointing = False."
+        )
     check_blocks(blocks)
     history = list(history or [])
     loader = opacus().data_loader.DPDataLoader.from_data_loader(

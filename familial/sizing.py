@@ -9,6 +9,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from famflow.familial.chunked_loss import chunk_rows
+from famflow.familial.compute import CHECKPOINTING
+from famflow.familial.errors import FamflowError
 from famflow.familial.loading import build_meta_branch
 from famflow.familial.model import FamilialLM
 from famflow.familial.presets import ModelSpec, resolve_model
@@ -21,6 +24,12 @@ from famflow.familial.weights import (
 
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 FP32_BYTES = 4
+# Resident memory over the activations counted below, measured on SmolLM2-135M exits 10/20/30
+# (benchmarks/quantized_branches.py --held-exits --checkpointing off on: fp32 up to 1.58x and 2.29x;
+# quantized layers add their training_overhead):
+# glibc's heap keeps freed activations, bounded under checkpointing (familial.host_memory).
+HEAP_SLACK = 1.6
+CHECKPOINTED_HEAP_SLACK = 2.4
 
 
 @dataclass
@@ -125,14 +134,15 @@ def weight_bytes(branch: FamilialLM, weights: str, model_dtype: torch.dtype) -> 
     return total + sum(precision.linear_bytes(m.in_features, m.out_features) for m in linears)
 
 
-def dequantized_bytes(branch: FamilialLM, weights: str, model_dtype: torch.dtype) -> int:
-    """A quantized linear runs on a dense copy of its weight, made in forward and again in
-    backward: the largest such pair is alive at once."""
-    if not weight_precision(weights).quantized:
+def quantized_training_bytes(branch: FamilialLM, weights: str, model_dtype: torch.dtype) -> int:
+    """What training keeps for the quantized linears beyond their weights
+    (``WeightPrecision.training_overhead`` of their bytes in ``model_dtype``)."""
+    precision = weight_precision(weights)
+    if not precision.quantized:
         return 0
     linears = [module for _, module in frozen_linears(branch, branch.family.exit_style)]
-    largest = max((m.weight.numel() for m in linears), default=0)
-    return 2 * largest * model_dtype.itemsize
+    dense = sum(m.weight.numel() for m in linears) * model_dtype.itemsize
+    return int(precision.training_overhead * dense)
 
 
 def training_memory_bytes(
@@ -143,19 +153,24 @@ def training_memory_bytes(
     seq_len: int,
     targets: tuple[str, ...] = DEFAULT_LORA_TARGETS,
     weights: str | None = None,
+    gradient_checkpointing: bool = False,
 ) -> int:
     """An estimate of the memory a client needs to train a branch with every exit it holds.
 
     Weights (the frozen decoder layers in ``weights``, default the preset's dtype), plus LoRA
     and exit adapters with gradient and two AdamW moments, plus the activations kept for
     backward: per token and layer the inputs of its linears, norms and attention, and per
-    exit the logits with their softmax and gradient.
+    exit the logits with their softmax and gradient. Under ``gradient_checkpointing``
+    (``TrainConfig``) only each layer's input and each head's input are kept, plus one layer's
+    and one chunk's activations being recomputed (``familial.chunked_loss``).
     """
     branch = build_meta_branch(spec, exit_depth)
     config = branch.config
     weights = weights or precision_of_dtype(spec.torch_dtype)
     dtype = spec.torch_dtype
-    weights_total = weight_bytes(branch, weights, dtype) + dequantized_bytes(branch, weights, dtype)
+    weights_total = weight_bytes(branch, weights, dtype) + quantized_training_bytes(
+        branch, weights, dtype
+    )
     trainable = branch_lora_parameters(branch, rank, targets)
     if spec.family.adapters is not None:  # a Ruyi exit's own layer and head are not trained
         trainable += sum(p.numel() for n, p in branch.named_parameters() if n.startswith("exits."))
@@ -164,9 +179,27 @@ def training_memory_bytes(
         8 * config.hidden_size + 4 * config.intermediate_size + config.num_attention_heads * seq_len
     )
     layers = decoder_layers(branch)
-    activations = tokens * per_token_layer * layers * FP32_BYTES
-    logits = tokens * config.vocab_size * 3 * FP32_BYTES * len(branch.held_exits)
-    return weights_total + trainable * 4 * FP32_BYTES + activations + logits
+    exits = len(branch.held_exits)
+    if gradient_checkpointing:
+        kept = tokens * config.hidden_size * (layers + 2 * exits)
+        recomputed = (
+            tokens * per_token_layer + chunk_rows(config.vocab_size) * config.vocab_size * 3 * exits
+        )
+        activations = (kept + recomputed) * FP32_BYTES * CHECKPOINTED_HEAP_SLACK
+    else:
+        layer_activations = tokens * per_token_layer * layers
+        logits = tokens * config.vocab_size * 3 * exits
+        activations = (layer_activations + logits) * FP32_BYTES * HEAP_SLACK
+    return int(weights_total + trainable * 4 * FP32_BYTES + activations)
+
+
+@dataclass(frozen=True)
+class BranchFit:
+    """What a node trains: its exit, its frozen layers' precision, whether it recomputes."""
+
+    exit: int
+    weights: str
+    gradient_checkpointing: bool = False
 
 
 def largest_fitting_branch(
@@ -176,15 +209,32 @@ def largest_fitting_branch(
     batch_size: int,
     seq_len: int,
     weights: tuple[str, ...] = (),
-) -> tuple[int, str] | None:
-    """The deepest (exit, precision) whose training fits in ``memory_bytes``, ``weights``
-    being the precisions allowed (default the preset's dtype only). At that exit the most
-    precise fitting precision wins. None when nothing fits."""
+    checkpointing: str = "off",
+) -> BranchFit | None:
+    """The deepest exit whose training fits in ``memory_bytes``, ``weights`` being the
+    precisions allowed (default the preset's dtype only) and ``checkpointing`` whether
+    gradient checkpointing is ``off``, ``on``, or taken only when needed to fit (``auto``).
+    At that exit the most precise fitting precision wins, then no checkpointing (faster).
+    None when nothing fits."""
     allowed = weights or (precision_of_dtype(spec.torch_dtype),)
     by_precision = sorted(allowed, key=lambda name: -weight_precision(name).bits)
+    if checkpointing not in CHECKPOINTING:
+        raise FamflowError(
+            f"Unknown checkpointing {checkpointing!r}: use {', '.join(CHECKPOINTING)}."
+        )
+    recompute = {"off": (False,), "auto": (False, True), "on": (True,)}[checkpointing]
     for depth in reversed(spec.family.exits):
         for name in by_precision:
-            needed = training_memory_bytes(spec, depth, rank, batch_size, seq_len, weights=name)
-            if needed <= memory_bytes:
-                return depth, name
+            for checkpointed in recompute:
+                needed = training_memory_bytes(
+                    spec,
+                    depth,
+                    rank,
+                    batch_size,
+                    seq_len,
+                    weights=name,
+                    gradient_checkpointing=checkpointed,
+                )
+                if needed <= memory_bytes:
+                    return BranchFit(depth, name, checkpointed)
     return None

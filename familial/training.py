@@ -13,8 +13,10 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch.optim.lr_scheduler import LambdaLR
 
+from famflow.familial.chunked_loss import chunked_multi_exit_loss
 from famflow.familial.compute import Precision, autocast, check_precision
 from famflow.familial.errors import FamflowError
+from famflow.familial.host_memory import bound_heap_slack
 from famflow.familial.lora import set_trainable
 from famflow.familial.model import FamilialLM
 
@@ -49,6 +51,9 @@ class TrainConfig:
     seed: int = 0
     # bf16 autocast (familial.compute); fp32 stays the default, see docs/benchmarks.md
     precision: Precision = "fp32"
+    # Recompute decoder layers and the heads' logits in backward (familial.chunked_loss): a
+    # step keeps about a layer's and a chunk's activations, for about a third more compute.
+    gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         check_precision(self.precision)
@@ -200,6 +205,33 @@ def make_optimizer(
     return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
 
 
+def step_loss_of(
+    model: FamilialLM,
+    input_ids: torch.Tensor,
+    exits: list[int],
+    weights: dict[int, float],
+    config: TrainConfig,
+) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+    """The batch's loss (and each weighted exit's), whole or in checkpointed chunks."""
+    with autocast(config.precision, input_ids.device.type):
+        if config.gradient_checkpointing:
+            output = model(input_ids, exits=exits, output_logits=False)
+            assert output.hidden_states is not None
+            return chunked_multi_exit_loss(
+                model,
+                output.hidden_states,
+                input_ids,
+                weights,
+                config.distill_weight,
+                config.distill_temperature,
+            )
+        output = model(input_ids, exits=exits)
+    logits = {depth: value.float() for depth, value in output.logits.items()}
+    return multi_exit_loss(
+        logits, input_ids, weights, config.distill_weight, config.distill_temperature
+    )
+
+
 def train(model: FamilialLM, blocks: torch.Tensor, config: TrainConfig) -> TrainResult:
     """Train the branch's chosen parts on ``blocks`` ([n, seq_len] token ids)."""
     weights, exits, parameters = trainable_setup(model, config)
@@ -210,18 +242,16 @@ def train(model: FamilialLM, blocks: torch.Tensor, config: TrainConfig) -> Train
     device = parameters[0].device
     result = TrainResult(steps=0, tokens=0, seconds=0.0)
     model.train()
+    model.gradient_checkpointing = config.gradient_checkpointing
+    if config.gradient_checkpointing:
+        bound_heap_slack()
     start = time.perf_counter()
     for step in range(config.steps):
         step_loss = torch.zeros((), device=device)
         exit_sums = dict.fromkeys(weights, 0.0)
         for _ in range(config.grad_accum):
             input_ids = next(stream).to(device)
-            with autocast(config.precision, device.type):
-                output = model(input_ids, exits=exits)
-            logits = {depth: value.float() for depth, value in output.logits.items()}
-            loss, per_exit = multi_exit_loss(
-                logits, input_ids, weights, config.distill_weight, config.distill_temperature
-            )
+            loss, per_exit = step_loss_of(model, input_ids, exits, weights, config)
             (loss / config.grad_accum).backward()
             step_loss += loss.detach() / config.grad_accum
             for depth, value in per_exit.items():
@@ -237,5 +267,6 @@ def train(model: FamilialLM, blocks: torch.Tensor, config: TrainConfig) -> Train
         logger.info("step %d/%d loss %.4f", step + 1, config.steps, result.losses[-1])
     result.seconds = time.perf_counter() - start
     result.steps = config.steps
+    model.gradient_checkpointing = False
     model.eval()
     return result

@@ -10,9 +10,6 @@ the quantized layers compute in that dtype.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import ctypes.util
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -86,6 +83,10 @@ class WeightPrecision:
     bits: float  # bits per frozen linear weight, scales included
     quantize: Callable[[nn.Linear, str], nn.Module] | None = None
     peft_flag: str | None = None  # the model attribute PEFT reads to wrap the quantized layers
+    # What training on the quantized layers keeps beyond their weights (dequantized copies,
+    # bitsandbytes' saved inputs), as a share of their dense bytes; measured on SmolLM2-135M
+    # by benchmarks/quantized_branches.py --held-exits (int8 up to 1.1, nf4 up to 0.76).
+    training_overhead: float = 0.0
 
     @property
     def quantized(self) -> bool:
@@ -105,11 +106,11 @@ PRECISIONS: dict[str, WeightPrecision] = {
     "bf16": WeightPrecision("bf16", torch.bfloat16, 16),
     "fp16": WeightPrecision("fp16", torch.float16, 16),
     # one fp32 scale per row is ~0 bits per weight for rows of hundreds of inputs
-    "int8": WeightPrecision("int8", None, 8, _int8, "is_loaded_in_8bit"),
+    "int8": WeightPrecision("int8", None, 8, _int8, "is_loaded_in_8bit", 1.15),
     # 4 bits + an int8 scale per 64 weights + an fp32 scale per 256 scales
     "nf4": WeightPrecision(
         "nf4", None, 4 + 8 / NF4_BLOCK + 32 / (NF4_BLOCK * NF4_SCALE_BLOCK), _nf4,
-        "is_loaded_in_4bit",
+        "is_loaded_in_4bit", 0.8,
     ),
 }  # fmt: skip
 
@@ -145,13 +146,6 @@ def frozen_linears(model: nn.Module, exit_style: str) -> list[tuple[str, nn.Line
         and name.startswith(prefixes)
         and (not name.startswith("exits.") or ".layer." in name)
     ]
-
-
-def release_freed_memory() -> None:
-    """Hand the heap that quantizing freed back to the OS (glibc keeps it otherwise: the dense
-    copies it made were large and many). A no-op where the C library has no malloc_trim."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
 
 
 def quantize_frozen_layers(model: nn.Module, exit_style: str, precision: str, device: str) -> int:

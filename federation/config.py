@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from famflow.familial.codecs import CODECS
+from famflow.familial.compute import CHECKPOINTING
 from famflow.familial.compute import PRECISIONS as COMPUTE_PRECISIONS
 from famflow.familial.errors import FamflowError
 from famflow.familial.export_formats import parse_formats
@@ -35,6 +36,11 @@ class FederationConfig:
     ``tier_weights`` overrides the weight precisions some tiers may hold their frozen layers in
     (``device:int8/nf4``: the device tier takes the deepest exit that fits in int8 or nf4;
     ``familial.weights``); the other tiers keep their tiers file's ``weights``.
+    ``gradient_checkpointing``: ``off``; ``on`` (a node recomputes activations in backward,
+    about 1.6x the compute for a fraction of the memory; ``familial.chunked_loss``); ``auto``
+    (a node recomputes only when its branch would not fit otherwise, so that it can hold a
+    deeper branch; ``familial.sizing.largest_fitting_branch``); or per tier, ``device:auto``
+    (the tiers not named: ``off``).
     ``server_lr`` scales the step from the old global adapters to the rule's aggregate
     (``strategies.server_step``; 1.0 takes the aggregate).
     ``fraction_train`` < 1 samples that share of each tier's nodes every round (at least one),
@@ -101,6 +107,7 @@ class FederationConfig:
     device: str = "auto"
     # what local training computes in (familial.compute): fp32, or bf16 autocast
     train_precision: str = "fp32"
+    gradient_checkpointing: str = "off"
     out_dir: str = "runs/federation"
     resume: str = ""
     move_old_run: bool = False
@@ -127,6 +134,7 @@ class FederationConfig:
                 f"Unknown train-precision {self.train_precision!r}: use "
                 f"{' or '.join(COMPUTE_PRECISIONS)}."
             )
+        self.checkpointing_by_tier()  # refuses a malformed value
         if self.branch_exits not in BRANCH_EXITS:
             raise FamflowError(f"branch-exits {self.branch_exits!r} is unknown: use held or own.")
         if self.robust not in ROBUST:
@@ -158,6 +166,11 @@ class FederationConfig:
     def _check_dp(self) -> None:
         if self.dp_noise_multiplier < 0 or self.dp_target_epsilon < 0:
             raise FamflowError("dp-noise-multiplier and dp-target-epsilon must be >= 0.")
+        if self.dp and set(self.checkpointing_by_tier().values()) != {"off"}:
+            raise FamflowError(
+                "DP-SGD computes per-sample gradients from kept activations, so it cannot "
+                "recompute them: set gradient-checkpointing = off or dp = false."
+            )
         if self.dp and self.dp_noise_multiplier == 0 and self.dp_target_epsilon == 0:
             raise FamflowError(
                 "dp = true needs a noise: set dp-noise-multiplier > 0 or dp-target-epsilon > 0."
@@ -180,7 +193,7 @@ class FederationConfig:
         ``min_nodes``, and the dataset."""
         from famflow.familial.data.config import CORPUS_NAMES
         from famflow.familial.hardware import GIB, get_tier
-        from famflow.familial.sizing import training_memory_bytes
+        from famflow.familial.sizing import largest_fitting_branch, training_memory_bytes
 
         spec = self.model_spec()
         counts = self.tier_counts()
@@ -194,15 +207,26 @@ class FederationConfig:
         shallowest = spec.family.exits[0]
         for name in sorted({name for name, count in counts if count > 0}):
             tier = get_tier(name, tiers)
-            needed = training_memory_bytes(
-                spec, shallowest, tier.rank, self.batch_size, self.seq_len
+            weights = self.weights_by_tier().get(name, tier.weights)
+            fit = largest_fitting_branch(
+                spec,
+                tier.memory_gb * GIB,
+                tier.rank,
+                self.batch_size,
+                self.seq_len,
+                weights,
+                self.checkpointing_of(name),
             )
-            if needed > tier.memory_gb * GIB:
+            if fit is None:
+                needed = training_memory_bytes(
+                    spec, shallowest, tier.rank, self.batch_size, self.seq_len
+                )
                 raise FamflowError(
                     f"Tier {name} ({tier.memory_gb:g} GiB) holds no branch of {spec.name}: its "
                     f"smallest, exit {shallowest}, needs {needed / GIB:.3g} GiB at batch "
-                    f"{self.batch_size} x {self.seq_len}; raise memory-gb or lower batch-size "
-                    "or seq-len."
+                    f"{self.batch_size} x {self.seq_len}; raise memory-gb, lower batch-size or "
+                    "seq-len, allow quantized weights (tier-weights) or set "
+                    "gradient-checkpointing = auto."
                 )
         if self.dataset not in CORPUS_NAMES and not Path(self.dataset).expanduser().exists():
             raise FamflowError(
@@ -312,6 +336,28 @@ class FederationConfig:
                 )
             weights[name.strip()] = parse_weights(allowed.replace("/", ","))
         return weights
+
+    def checkpointing_by_tier(self) -> dict[str | None, str]:
+        """``gradient_checkpointing`` parsed: a mode for every tier (key None), or per named
+        tier (the others ``off``)."""
+        value = self.gradient_checkpointing.strip()
+        if ":" not in value:
+            modes: dict[str | None, str] = {None: value}
+        else:
+            pairs = [item.partition(":") for item in value.split(",") if item.strip()]
+            modes = {None: "off", **{name.strip(): mode.strip() for name, _, mode in pairs}}
+        wrong = sorted(str(mode) for mode in modes.values() if mode not in CHECKPOINTING)
+        if wrong:
+            raise FamflowError(
+                f"Unknown gradient-checkpointing {self.gradient_checkpointing!r}: use "
+                f"{', '.join(CHECKPOINTING)}, or tier:mode pairs such as device:auto."
+            )
+        return modes
+
+    def checkpointing_of(self, tier: str | None) -> str:
+        """Whether a node of ``tier`` (None: a node without a tier) recomputes activations."""
+        modes = self.checkpointing_by_tier()
+        return modes.get(tier, modes[None])
 
     def local_steps_of(self, tier: str) -> int:
         """The local steps per round of a node of ``tier``."""

@@ -43,6 +43,7 @@ def node_plans(
             keys=branch_keys(config, exit_depth, rank),
             local_steps=config.local_steps_of(tier),
             weights=str(profile.get("weights", "")),
+            gradient_checkpointing=profile.get("gradient-checkpointing") is True,
         )
     return plans
 

@@ -62,8 +62,9 @@ def usable_profiles(
     config: FederationConfig, profiles: dict[int, dict[str, Any]], min_nodes: int | None = None
 ) -> dict[int, dict[str, Any]]:
     """The profiles a node plan can be built from; a node whose profile names no exit of the
-    family, no LoRA rank >= 1, no tier, no device or an unknown weight precision is left out
-    with a logged reason. Raises when fewer than ``min_nodes`` (default the run's) remain."""
+    family, no LoRA rank >= 1, no tier, no device, an unknown weight precision or a
+    gradient-checkpointing other than true or false is left out with a logged reason.
+    Raises when fewer than ``min_nodes`` (default the run's) remain."""
     min_nodes = config.min_nodes if min_nodes is None else min_nodes
     exits = resolve_model(config.model).family.exits
     usable = {}
@@ -78,6 +79,8 @@ def usable_profiles(
             reason = f"its tier {tier!r} or device {device!r} is unusable"
         elif profile.get("weights", "fp32") not in PRECISIONS:
             reason = f"its weights {profile.get('weights')!r} are not one of {list(PRECISIONS)}"
+        elif not isinstance(profile.get("gradient-checkpointing", False), bool):
+            reason = "its gradient-checkpointing is not true or false"
         else:
             usable[node] = profile
             continue

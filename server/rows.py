@@ -45,6 +45,8 @@ def round_row(
                 "tier": plan.tier,
                 "exit": plan.exit,
                 "rank": plan.rank,
+                "weights": plan.weights or "model dtype",
+                "gradient_checkpointing": plan.gradient_checkpointing,
                 "bytes_down": traffic.down.get(node, 0),
                 "bytes_up": traffic.up.get(node, 0),
             }

@@ -102,8 +102,8 @@ def tier_nodes(
                 f"{batch_size} x {seq_len} ({tiers_path}): give the tier more memory-gb, or "
                 "pass --tiers FILE with tiers sized for this model."
             )
-        depth, weights = choice
-        nodes.append(TierNodes(name, depth, spec.exit_label(depth), tier.rank, clients, weights))
+        label = spec.exit_label(choice.exit)
+        nodes.append(TierNodes(name, choice.exit, label, tier.rank, clients, choice.weights))
     if not nodes:
         raise FamflowError(f"tier-mix {tier_mix!r} has no nodes: give a tier a count above 0.")
     return nodes

@@ -35,9 +35,11 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "mixed-hetlora": {"rule": "hetlora"},
     "device-only": {"tier-mix": "device:6"},
     "mixed-int8": {"codec": "int8"},
-    # the device tier holds the deepest exit whose training fits its memory with a quantized
-    # frozen trunk (SmolLM2: exit 20 in int8 instead of exit 10 in fp32)
-    "device-quantized": {"tier-weights": "device:fp32/int8/nf4"},
+    # the device tier holds the deepest exit whose training fits its memory with an nf4 frozen
+    # trunk, recomputing activations (SmolLM2: exit 20 in nf4 instead of exit 10 in fp32)
+    "device-quantized": {"tier-weights": "device:nf4", "gradient-checkpointing": "device:auto"},
+    # the same deeper exit with fp32 weights, which recomputing alone makes fit
+    "device-recomputed": {"gradient-checkpointing": "device:auto"},
 }
 
 

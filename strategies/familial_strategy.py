@@ -68,6 +68,7 @@ class NodePlan:
     keys: tuple[str, ...]
     local_steps: int = 10
     weights: str = ""  # the precision of its frozen layers; "" the preset's dtype
+    gradient_checkpointing: bool = False  # it recomputes activations to fit its memory
 
 
 @dataclass
@@ -233,6 +234,7 @@ class FamilialStrategy(Strategy):
                     "rank": plan.rank,
                     "device": plan.device,
                     "weights": plan.weights,
+                    "gradient-checkpointing": plan.gradient_checkpointing,
                     "lr": self.lr_for_round(server_round),
                     "local-steps": plan.local_steps,
                 }

@@ -39,10 +39,10 @@ initializer_range = 0.2
 # Budgets that put exits 1, 2 and 4 of tiny3 (batch 4 x 16) on device, edge and cloud.
 TIERS = """
 [device]
-memory-gb = 0.0006
+memory-gb = 0.0008
 rank = 2
 [edge]
-memory-gb = 0.001
+memory-gb = 0.0015
 rank = 4
 [cloud]
 memory-gb = 1.0

@@ -285,7 +285,7 @@ def test_drops_are_counted_per_reason_in_the_row_and_in_tensorboard(tmp_path):
 
 def tiers_with(root, device):
     (root / "tiers.toml").write_text(
-        TIERS.replace("[device]\nmemory-gb = 0.0006\nrank = 2", device)
+        TIERS.replace("[device]\nmemory-gb = 0.0008\nrank = 2", device)
     )
 
 
@@ -337,7 +337,7 @@ def test_a_bad_setup_stops_the_server_app_with_one_sentence(
 @pytest.mark.parametrize(
     ("device", "message"),
     [
-        ("[device]\nmemory-gb = 0.0006\nrank = 0", "needs memory-gb > 0 and rank >= 1"),
+        ("[device]\nmemory-gb = 0.0008\nrank = 0", "needs memory-gb > 0 and rank >= 1"),
         ("[device]\nmemory-gb = 1e-6\nrank = 2", "Tier device .* holds no branch of tiny3"),
         ("[device]\nrank = 2", "is not a valid tiers file"),
     ],

@@ -18,7 +18,12 @@ from famflow.familial.hardware import GIB, Tier, load_tiers, parse_weights
 from famflow.familial.loading import build_meta_branch, load_branch
 from famflow.familial.lora import LoraSettings, attach_lora, lora_state
 from famflow.familial.presets import resolve_model
-from famflow.familial.sizing import largest_fitting_branch, training_memory_bytes, weight_bytes
+from famflow.familial.sizing import (
+    BranchFit,
+    largest_fitting_branch,
+    training_memory_bytes,
+    weight_bytes,
+)
 from famflow.familial.training import TrainConfig, train
 from famflow.familial.weights import frozen_linears
 from famflow.federation.config import FederationConfig
@@ -98,13 +103,15 @@ def test_sizing_counts_the_bytes_the_loaded_branch_holds(weights):
 def test_a_tier_holds_the_deepest_exit_at_the_most_precise_weights_that_fit():
     spec = resolve_model("smollm2-135m")
     needed = {w: training_memory_bytes(spec, 20, 4, 4, 64, weights=w) for w in ("fp32", "nf4")}
-    assert needed["nf4"] < 0.75 * GIB < needed["fp32"]
-    assert largest_fitting_branch(spec, 0.75 * GIB, 4, 4, 64) == (10, "fp32")
-    assert largest_fitting_branch(spec, 0.75 * GIB, 4, 4, 64, ("nf4", "fp32", "int8")) == (
-        20,
-        "int8",
+    assert needed["nf4"] < needed["fp32"]
+    assert largest_fitting_branch(spec, 0.75 * GIB, 4, 4, 64) == BranchFit(10, "fp32")
+    # measured on SmolLM2, quantized layers train in more memory than their weights save
+    allowed = ("nf4", "fp32", "int8")
+    assert largest_fitting_branch(spec, 0.75 * GIB, 4, 4, 64, allowed) == BranchFit(10, "fp32")
+    assert largest_fitting_branch(spec, needed["nf4"], 4, 4, 64, ("fp32", "nf4")) == BranchFit(
+        20, "nf4"
     )
-    assert largest_fitting_branch(spec, needed["nf4"], 4, 4, 64, ("fp32", "nf4")) == (20, "nf4")
+    assert largest_fitting_branch(spec, needed["fp32"], 4, 4, 64, allowed) == BranchFit(20, "fp32")
     assert largest_fitting_branch(spec, 0.1 * GIB, 4, 4, 64, ("nf4",)) is None
 
 
@@ -125,8 +132,8 @@ def test_a_node_allowed_quantized_weights_trains_a_deeper_branch_and_replies_the
         10,
         "fp32",
     )
-    profile = node_profile(config, {**node, "weights": "int8,nf4"})
-    assert (profile["exit"], profile["weights"]) == (20, "int8")
+    profile = node_profile(config, {**node, "memory-gb": 1.2, "weights": "int8,nf4"})
+    assert (profile["exit"], profile["weights"]) == (20, "nf4")
 
     tiny = FederationConfig(model="tiny", local_steps=2)
     dense = get_branch(tiny, 4, 4, "cpu")
