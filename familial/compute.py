@@ -15,7 +15,9 @@ from famflow.familial.errors import FamflowError
 
 Precision = Literal["bf16", "fp32"]
 PRECISIONS: tuple[Precision, ...] = ("bf16", "fp32")
-CHECKPOINTING: tuple[str, ...] = ("off", "auto", "on")
+# each gradient-checkpointing mode: the ways (without, with recompute) a node may train
+RECOMPUTE: dict[str, tuple[bool, ...]] = {"off": (False,), "auto": (False, True), "on": (True,)}
+CHECKPOINTING: tuple[str, ...] = tuple(RECOMPUTE)
 
 
 def check_precision(precision: str) -> None:

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from famflow.familial.chunked_loss import chunk_rows
-from famflow.familial.compute import CHECKPOINTING
+from famflow.familial.compute import CHECKPOINTING, RECOMPUTE
 from famflow.familial.errors import FamflowError
 from famflow.familial.loading import build_meta_branch
 from famflow.familial.model import FamilialLM
@@ -218,11 +218,11 @@ def largest_fitting_branch(
     None when nothing fits."""
     allowed = weights or (precision_of_dtype(spec.torch_dtype),)
     by_precision = sorted(allowed, key=lambda name: -weight_precision(name).bits)
-    if checkpointing not in CHECKPOINTING:
+    recompute = RECOMPUTE.get(checkpointing)
+    if recompute is None:
         raise FamflowError(
             f"Unknown checkpointing {checkpointing!r}: use {', '.join(CHECKPOINTING)}."
         )
-    recompute = {"off": (False,), "auto": (False, True), "on": (True,)}[checkpointing]
     for depth in reversed(spec.family.exits):
         for name in by_precision:
             for checkpointed in recompute:
